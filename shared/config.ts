@@ -1,0 +1,127 @@
+import { readFileSync } from 'node:fs';
+import { resolve } from 'node:path';
+import { parse as parseYaml } from 'yaml';
+import type { z } from 'zod';
+import { HedwigError } from './errors.ts';
+
+/**
+ * Configuration is read once at start-up: a YAML file, then environment overrides,
+ * then one zod parse. Everything after this point works with the typed result.
+ *
+ * Environment overrides: `<PREFIX>_<PATH>` where nested keys are joined by `__` and
+ * each segment is SCREAMING_SNAKE for a camelCase key, e.g.
+ * `POSTOFFICE_LISTEN__PORT=8080` sets `listen.port`. Values are parsed as YAML
+ * scalars/flow collections, so `8080`, `true` and `[a, b]` keep their types.
+ */
+export class ConfigError extends HedwigError {
+  readonly file: string;
+  readonly key: string;
+  constructor(file: string, key: string, message: string) {
+    super('CONFIG_INVALID', `config error in ${file}: ${key}: ${message}`);
+    this.name = 'ConfigError';
+    this.file = file;
+    this.key = key;
+  }
+}
+
+export interface LoadConfigOptions {
+  /** Path of the YAML file; omitted means defaults plus environment only. */
+  file?: string | undefined;
+  /** Environment variable prefix without the trailing underscore, e.g. `POSTOFFICE`. */
+  envPrefix: string;
+  env?: NodeJS.ProcessEnv;
+}
+
+type Tree = Record<string, unknown>;
+
+function snakeToCamel(segment: string): string {
+  return segment.toLowerCase().replace(/_([a-z0-9])/g, (_, c: string) => c.toUpperCase());
+}
+
+function setPath(tree: Tree, path: string[], value: unknown): void {
+  let node = tree;
+  for (const [i, key] of path.entries()) {
+    if (i === path.length - 1) {
+      node[key] = value;
+      return;
+    }
+    const next = node[key];
+    if (next === null || typeof next !== 'object' || Array.isArray(next)) node[key] = {};
+    node = node[key] as Tree;
+  }
+}
+
+export function loadConfig<S extends z.ZodType>(schema: S, options: LoadConfigOptions): z.infer<S> {
+  const env = options.env ?? process.env;
+  const file = options.file ? resolve(options.file) : '(defaults)';
+  let tree: Tree = {};
+  if (options.file) {
+    let text: string;
+    try {
+      text = readFileSync(file, 'utf8');
+    } catch (err) {
+      throw new ConfigError(file, '(file)', `cannot read: ${(err as NodeJS.ErrnoException).code ?? String(err)}`);
+    }
+    let parsed: unknown;
+    try {
+      parsed = parseYaml(text);
+    } catch (err) {
+      throw new ConfigError(file, '(file)', `invalid YAML: ${(err as Error).message.split('\n')[0]}`);
+    }
+    if (parsed !== null && parsed !== undefined) {
+      if (typeof parsed !== 'object' || Array.isArray(parsed)) throw new ConfigError(file, '(root)', 'expected a mapping');
+      tree = parsed as Tree;
+    }
+  }
+
+  const fromEnv = new Map<string, string>();
+  const prefix = `${options.envPrefix}_`;
+  for (const [name, raw] of Object.entries(env)) {
+    if (!name.startsWith(prefix) || raw === undefined || name === `${options.envPrefix}_CONFIG`) continue;
+    const path = name.slice(prefix.length).split('__').map(snakeToCamel);
+    let value: unknown;
+    try {
+      value = parseYaml(raw);
+    } catch {
+      value = raw;
+    }
+    setPath(tree, path, value ?? raw);
+    fromEnv.set(path.join('.'), name);
+  }
+
+  const result = schema.safeParse(tree);
+  if (!result.success) {
+    const issue = result.error.issues[0]!;
+    const key = issue.path.map(String).join('.') || '(root)';
+    const envName = [...fromEnv.entries()].find(([p]) => key === p || key.startsWith(`${p}.`))?.[1];
+    throw new ConfigError(envName ? `environment ${envName}` : file, key, issue.message);
+  }
+  return result.data;
+}
+
+/** Reads a secret given inline or as a file path (Docker secrets); trims one trailing newline. */
+export function readSecret(inline: string | undefined, filePath: string | undefined, file: string, key: string): string {
+  if (inline) return inline;
+  if (!filePath) throw new ConfigError(file, key, `either ${key} or ${key}File is required`);
+  try {
+    return readFileSync(filePath, 'utf8').replace(/\r?\n$/, '');
+  } catch (err) {
+    throw new ConfigError(file, `${key}File`, `cannot read ${filePath}: ${(err as NodeJS.ErrnoException).code ?? String(err)}`);
+  }
+}
+
+/** `host:port` pairs as used for beanstalkd servers and static routes. */
+export function parseHostPort(value: string, defaultPort: number): { host: string; port: number } {
+  const m = /^\[([^\]]+)\](?::(\d+))?$/.exec(value) ?? /^([^:]+)(?::(\d+))?$/.exec(value);
+  if (!m) throw new HedwigError('BAD_HOSTPORT', `not a host[:port]: ${value}`);
+  return { host: m[1]!, port: m[2] ? Number(m[2]) : defaultPort };
+}
+
+/** `--config FILE` on the command line, else `<PREFIX>_CONFIG`, else none. */
+export function configFileFromArgs(argv: string[], envPrefix: string, env: NodeJS.ProcessEnv = process.env): string | undefined {
+  const i = argv.indexOf('--config');
+  if (i >= 0 && argv[i + 1]) return argv[i + 1];
+  const eq = argv.find((a) => a.startsWith('--config='));
+  if (eq) return eq.slice('--config='.length);
+  return env[`${envPrefix}_CONFIG`] || undefined;
+}

@@ -1,0 +1,69 @@
+import { z } from 'zod';
+import { isValidMailbox } from './address.ts';
+
+/** Tube names shared by the post office (producer) and workers (consumers). */
+export const TUBE = {
+  outbound: 'hedwig-outbound',
+  failed: 'hedwig-failed',
+} as const;
+
+export const mailbox = z.string().refine(isValidMailbox, { message: 'not a valid RFC 5321 mailbox' });
+/** The reverse-path may be null (`<>`), as for bounces. */
+export const reversePath = z.union([z.literal(''), mailbox]);
+
+/**
+ * An outbound job as stored in beanstalkd. `data` is the raw RFC 5322 message,
+ * base64-encoded so 8-bit content survives byte for byte.
+ */
+export const outboundJobSchema = z.object({
+  v: z.literal(1),
+  id: z.string().min(1),
+  fqdn: z.string(),
+  mailfrom: reversePath,
+  rcpttos: z.array(mailbox).min(1),
+  data: z.string(),
+  receivedAt: z.number().int(),
+  attempts: z.number().int().nonnegative().default(0),
+  firstAttemptAt: z.number().int().optional(),
+  lastAttemptAt: z.number().int().optional(),
+});
+export type OutboundJob = z.infer<typeof outboundJobSchema>;
+
+export const failureSchema = z.object({
+  recipient: z.string(),
+  outcome: z.enum(['bounced', 'expired']),
+  responseCode: z.number().int().optional(),
+  enhancedCode: z.string().optional(),
+  response: z.string(),
+  mx: z.string().optional(),
+  attempts: z.number().int(),
+  firstAttemptAt: z.number().int(),
+  lastAttemptAt: z.number().int(),
+});
+export type Failure = z.infer<typeof failureSchema>;
+
+/** A record in the failed tube: the original message (so it can be requeued) and why it failed. */
+export const failedJobSchema = z.object({
+  v: z.literal(1),
+  job: outboundJobSchema,
+  failures: z.array(failureSchema).min(1),
+  failedAt: z.number().int(),
+});
+export type FailedJob = z.infer<typeof failedJobSchema>;
+
+export function encodeJob(job: OutboundJob | FailedJob): Buffer {
+  return Buffer.from(JSON.stringify(job));
+}
+
+export function decodeOutboundJob(payload: Buffer): OutboundJob {
+  return outboundJobSchema.parse(JSON.parse(payload.toString('utf8')));
+}
+
+export function decodeFailedJob(payload: Buffer): FailedJob {
+  return failedJobSchema.parse(JSON.parse(payload.toString('utf8')));
+}
+
+/** Bytes of beanstalkd job size needed for a message of `messageBytes` (base64 plus envelope). */
+export function jobSizeFor(messageBytes: number, maxRecipients: number): number {
+  return Math.ceil(messageBytes / 3) * 4 + maxRecipients * 260 + 4096;
+}
