@@ -1,0 +1,178 @@
+#!/usr/bin/env -S npx tsx
+/**
+ * key-generator: creates what an operator needs to enrol a host or a sending domain.
+ *
+ *   key-generator.ts --fqdn app1.example.com [--sender-domain example.com] [--postoffice-url URL] [--json]
+ *       A fresh 256-bit key (CSPRNG) and the two config snippets that use it:
+ *       the mailman config for that host and the client entry for the post office.
+ *
+ *   key-generator.ts --dkim example.com --selector s2026 [--bits 2048] [--out DIR] [--ehlo mx-out.example.com] [--ip 192.0.2.10]
+ *       An RSA key pair for DKIM; the private key is written with mode 0600 and the
+ *       DNS records to publish are printed (DKIM TXT, SPF, DMARC, and A/PTR/MX advice).
+ */
+import { generateKeyPairSync, randomBytes } from 'node:crypto';
+import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
+import { join, resolve } from 'node:path';
+import { parseArgs } from 'node:util';
+import { isValidDomain } from './shared/address.ts';
+
+const USAGE = `usage:
+  key-generator.ts --fqdn HOST [--sender-domain DOMAIN ...] [--postoffice-url URL] [--json]
+  key-generator.ts --dkim DOMAIN --selector SELECTOR [--bits 2048] [--out DIR] [--ehlo NAME] [--ip ADDRESS] [--json]`;
+
+export const HOST_KEY_BYTES = 32;
+
+export function generateHostKey(): string {
+  return randomBytes(HOST_KEY_BYTES).toString('hex');
+}
+
+/** The registrable-looking parent of a host name; the operator can override it. */
+function parentDomain(fqdn: string): string {
+  const labels = fqdn.split('.');
+  return labels.length > 2 ? labels.slice(1).join('.') : fqdn;
+}
+
+export function hostEnrolment(fqdn: string, key: string, senderDomains: string[], postofficeUrl: string) {
+  const mailman = [
+    `# mailman.yaml on ${fqdn}`,
+    'postoffice:',
+    `  url: ${postofficeUrl}`,
+    `  fqdn: ${fqdn}`,
+    `  key: ${key}`,
+  ].join('\n');
+  const postoffice = [
+    '# postoffice.yaml: add under `clients:` (remove the entry to revoke the host)',
+    'clients:',
+    `  ${fqdn}:`,
+    `    key: ${key}`,
+    `    senderDomains: [${senderDomains.join(', ')}]`,
+  ].join('\n');
+  return { fqdn, key, senderDomains, mailman, postoffice };
+}
+
+/** DNS TXT strings are at most 255 octets each; long DKIM keys are split into several. */
+function txtStrings(value: string): string {
+  const parts: string[] = [];
+  for (let i = 0; i < value.length; i += 255) parts.push(`"${value.slice(i, i + 255)}"`);
+  return parts.join(' ');
+}
+
+export function dkimEnrolment(domain: string, selector: string, bits: number, outDir: string, ehlo?: string, ip?: string) {
+  const { privateKey, publicKey } = generateKeyPairSync('rsa', { modulusLength: bits });
+  const privatePem = privateKey.export({ type: 'pkcs8', format: 'pem' }).toString();
+  const publicDer = publicKey.export({ type: 'spki', format: 'der' }).toString('base64');
+  mkdirSync(outDir, { recursive: true, mode: 0o700 });
+  const keyFile = resolve(join(outDir, `${domain}.${selector}.key`));
+  if (existsSync(keyFile)) throw new Error(`refusing to overwrite ${keyFile}`);
+  writeFileSync(keyFile, privatePem, { mode: 0o600, flag: 'wx' });
+
+  const ehloName = ehlo ?? `mail-out.${domain}`;
+  const spfMechanism = ip ? (ip.includes(':') ? `ip6:${ip}` : `ip4:${ip}`) : `a:${ehloName}`;
+  const records = {
+    dkim: `${selector}._domainkey.${domain}. IN TXT ${txtStrings(`v=DKIM1; k=rsa; p=${publicDer}`)}`,
+    spf: `${domain}. IN TXT "v=spf1 ${spfMechanism} ~all"`,
+    dmarc: `_dmarc.${domain}. IN TXT "v=DMARC1; p=none; rua=mailto:dmarc-reports@${domain}; adkim=r; aspf=r"`,
+  };
+  const advice = [
+    `${ehloName}. IN A ${ip ?? '<the worker\'s public IPv4 address>'}   (the worker's EHLO name must resolve to its sending address)`,
+    `PTR for ${ip ?? 'that address'} -> ${ehloName}.   (set by whoever owns the address block; receivers check forward-confirmed reverse DNS)`,
+    `${domain}. IN MX 10 <your inbound mail host>.   (bounces and replies to ${domain} must be deliverable somewhere)`,
+    'Start DMARC at p=none, read the reports, then move to p=quarantine and p=reject.',
+  ];
+  const worker = ['# worker.yaml', 'dkim:', `  ${domain}:`, `    selector: ${selector}`, `    keyFile: ${keyFile}`].join('\n');
+  return { domain, selector, bits, keyFile, records, advice, worker };
+}
+
+function main(argv: string[]): number {
+  let args;
+  try {
+    args = parseArgs({
+      args: argv,
+      options: {
+        fqdn: { type: 'string' },
+        'sender-domain': { type: 'string', multiple: true },
+        'postoffice-url': { type: 'string', default: 'https://postoffice.example.com' },
+        dkim: { type: 'string' },
+        selector: { type: 'string' },
+        bits: { type: 'string', default: '2048' },
+        out: { type: 'string', default: './data/dkim' },
+        ehlo: { type: 'string' },
+        ip: { type: 'string' },
+        json: { type: 'boolean', default: false },
+        help: { type: 'boolean', short: 'h', default: false },
+      },
+      strict: true,
+    }).values;
+  } catch (err) {
+    process.stderr.write(`${(err as Error).message}\n${USAGE}\n`);
+    return 64;
+  }
+  if (args.help) {
+    process.stdout.write(`${USAGE}\n`);
+    return 0;
+  }
+  if (args.fqdn) {
+    if (!isValidDomain(args.fqdn) || !args.fqdn.includes('.')) {
+      process.stderr.write(`--fqdn: not a fully qualified host name: ${args.fqdn}\n`);
+      return 64;
+    }
+    const senderDomains = args['sender-domain'] ?? [parentDomain(args.fqdn)];
+    const bad = senderDomains.find((d) => d !== '*' && !isValidDomain(d));
+    if (bad) {
+      process.stderr.write(`--sender-domain: not a domain: ${bad}\n`);
+      return 64;
+    }
+    const enrolment = hostEnrolment(args.fqdn, generateHostKey(), senderDomains, args['postoffice-url']);
+    process.stdout.write(args.json ? `${JSON.stringify(enrolment, null, 2)}\n` : `${enrolment.mailman}\n\n${enrolment.postoffice}\n`);
+    return 0;
+  }
+  if (args.dkim) {
+    const bits = Number(args.bits);
+    if (!isValidDomain(args.dkim)) {
+      process.stderr.write(`--dkim: not a domain: ${args.dkim}\n`);
+      return 64;
+    }
+    if (!args.selector || !/^[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?$/.test(args.selector)) {
+      process.stderr.write('--selector: required, letters, digits and hyphens\n');
+      return 64;
+    }
+    if (![1024, 2048, 3072, 4096].includes(bits)) {
+      process.stderr.write('--bits: one of 1024, 2048, 3072, 4096 (2048 recommended)\n');
+      return 64;
+    }
+    let enrolment;
+    try {
+      enrolment = dkimEnrolment(args.dkim, args.selector, bits, args.out, args.ehlo, args.ip);
+    } catch (err) {
+      process.stderr.write(`${(err as Error).message}\n`);
+      return 73;
+    }
+    if (args.json) {
+      process.stdout.write(`${JSON.stringify(enrolment, null, 2)}\n`);
+    } else {
+      process.stdout.write(
+        [
+          `# private key written to ${enrolment.keyFile} (mode 0600)`,
+          '',
+          '# DNS records to publish',
+          enrolment.records.dkim,
+          enrolment.records.spf,
+          enrolment.records.dmarc,
+          '',
+          '# and check',
+          ...enrolment.advice.map((line) => `#   ${line}`),
+          '',
+          enrolment.worker,
+          '',
+        ].join('\n'),
+      );
+    }
+    return 0;
+  }
+  process.stderr.write(`${USAGE}\n`);
+  return 64;
+}
+
+if (import.meta.url === `file://${process.argv[1]}` || process.argv[1]?.endsWith('key-generator.ts')) {
+  process.exitCode = main(process.argv.slice(2));
+}
