@@ -1,0 +1,68 @@
+/**
+ * All-in-one local relay: beanstalkd (started from PATH, binlog under the data directory),
+ * post office, one worker and mailman in one process, configured by local/*.yaml.
+ * Production runs each tier as its own process (see docker-compose.yml); this is for
+ * trying hedwig on one machine and for development.
+ */
+import { randomBytes } from 'node:crypto';
+import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
+import { dirname, resolve } from 'node:path';
+import { loadConfig } from '../shared/config.ts';
+import { jobSizeFor } from '../shared/job.ts';
+import { handleShutdown, runMain } from '../shared/lifecycle.ts';
+import { createLogger } from '../shared/logger.ts';
+import { createRegistry } from '../shared/ops-server.ts';
+import { mailmanConfigSchema } from '../mailman/config.ts';
+import { startMailman } from '../mailman/server.ts';
+import { postofficeConfigSchema } from '../postoffice/config.ts';
+import { startPostoffice } from '../postoffice/server.ts';
+import { workerConfigSchema } from '../worker/config.ts';
+import { startWorker } from '../worker/server.ts';
+import { startBeanstalkd } from './beanstalkd.ts';
+
+const here = dirname(new URL(import.meta.url).pathname);
+const logger = createLogger('local');
+
+function ensureHostKey(path: string): void {
+  if (existsSync(path)) return;
+  mkdirSync(dirname(path), { recursive: true, mode: 0o700 });
+  writeFileSync(path, `${randomBytes(32).toString('hex')}\n`, { mode: 0o600, flag: 'wx' });
+  logger.info({ event: 'host_key_created', path }, 'created the local host key');
+}
+
+await runMain(logger, async () => {
+  const dataDir = resolve(process.env.HEDWIG_DATA_DIR ?? 'data/local');
+  ensureHostKey(resolve(dataDir, 'host.key'));
+
+  const postofficeConfig = loadConfig(postofficeConfigSchema, { file: process.env.POSTOFFICE_CONFIG ?? `${here}/postoffice.yaml`, envPrefix: 'POSTOFFICE' });
+  const workerConfig = loadConfig(workerConfigSchema, { file: process.env.WORKER_CONFIG ?? `${here}/worker.yaml`, envPrefix: 'WORKER' });
+  const mailmanConfig = loadConfig(mailmanConfigSchema, { file: process.env.MAILMAN_CONFIG ?? `${here}/mailman.yaml`, envPrefix: 'MAILMAN' });
+
+  const [beanstalkHost, beanstalkPort] = (postofficeConfig.beanstalk.servers[0] ?? '127.0.0.1:11400').split(':');
+  const beanstalkd = await startBeanstalkd(
+    {
+      binary: process.env.BEANSTALKD_BIN ?? 'beanstalkd',
+      host: beanstalkHost ?? '127.0.0.1',
+      port: Number(beanstalkPort ?? 11400),
+      binlogDir: resolve(dataDir, 'beanstalkd'),
+      maxJobSize: jobSizeFor(postofficeConfig.limits.maxMessageBytes, postofficeConfig.limits.maxRecipients),
+      fsyncMs: 0,
+    },
+    logger,
+  );
+
+  const postoffice = await startPostoffice(postofficeConfig, { logger: createLogger('postoffice'), registry: createRegistry('postoffice') });
+  const worker = await startWorker(workerConfig, { logger: createLogger('worker'), registry: createRegistry('worker') });
+  const mailman = await startMailman(mailmanConfig, { logger: createLogger('mailman'), registry: createRegistry('mailman') });
+
+  handleShutdown(logger, [
+    { name: 'mailman', stop: () => mailman.stop() },
+    { name: 'postoffice', stop: () => postoffice.stop() },
+    { name: 'worker', stop: () => worker.stop() },
+    { name: 'beanstalkd', stop: () => beanstalkd.stop() },
+  ]);
+  logger.info(
+    { event: 'ready', smtp: `${mailmanConfig.listen.host}:${mailman.port}`, http: postoffice.url, dataDir },
+    `hedwig is running: send with  msmtp --host=${mailmanConfig.listen.host} --port=${mailman.port} --from=you@example.com someone@example.org < message.eml`,
+  );
+});
