@@ -1,0 +1,77 @@
+import { hostname as osHostname } from 'node:os';
+import { z } from 'zod';
+import { type ConfigError, loadConfig, readSecret } from '../shared/config.ts';
+import { parseCidr } from './networks.ts';
+
+const positiveInt = z.number().int().positive();
+const port = z.number().int().min(0).max(65535);
+
+function isCidr(value: string): boolean {
+  try {
+    parseCidr(value);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * The file/environment shape. `postoffice.key` or `postoffice.keyFile` (a Docker
+ * secret) carries the host's signing key; the parse resolves it, so the typed result
+ * always holds `postoffice.key` and never `keyFile`.
+ */
+export const mailmanConfigSchema = z
+  .object({
+    // In Docker the operator sets 0.0.0.0 and publishes the port on the docker0 address only.
+    listen: z.object({ host: z.string().min(1).default('127.0.0.1'), port: port.default(2525) }).strict().prefault({}),
+    // Who may hand us mail: mailman must never become an open relay.
+    allowedNetworks: z.array(z.string().refine(isCidr, { message: 'not a CIDR network' })).default(['127.0.0.0/8', '::1/128', '172.17.0.0/16']),
+    hostname: z.string().min(1).default(() => osHostname()),
+    maxMessageBytes: positiveInt.default(10_485_760),
+    maxRecipients: positiveInt.default(100),
+    maxClients: positiveInt.default(100),
+    socketTimeoutMs: positiveInt.default(60_000),
+    // STARTTLS only with the operator's own certificate: smtp-server's built-in one has a published private key.
+    tls: z
+      .object({ cert: z.string().min(1).optional(), key: z.string().min(1).optional() })
+      .strict()
+      .prefault({})
+      .refine((tls) => Boolean(tls.cert) === Boolean(tls.key), { message: 'set both tls.cert and tls.key, or neither' }),
+    postoffice: z
+      .object({
+        url: z.url({ protocol: /^https?$/, error: 'expected an http(s) URL' }),
+        fqdn: z.string().min(1),
+        key: z.string().min(1).optional(),
+        keyFile: z.string().min(1).optional(),
+        caFile: z.string().min(1).optional(),
+        timeoutMs: positiveInt.default(10_000),
+      })
+      .strict(),
+    spool: z.object({ dir: z.string().min(1).default('./data/spool') }).strict().prefault({}),
+    forwarder: z
+      .object({ minBackoffMs: positiveInt.default(1_000), maxBackoffMs: positiveInt.default(60_000), concurrency: positiveInt.default(4) })
+      .strict()
+      .prefault({})
+      .refine((f) => f.minBackoffMs <= f.maxBackoffMs, { message: 'minBackoffMs must not exceed maxBackoffMs' }),
+    ops: z.object({ host: z.string().min(1).default('127.0.0.1'), port: port.default(9102) }).strict().prefault({}),
+  })
+  .strict()
+  .transform((parsed, ctx) => {
+    const { key, keyFile, ...postoffice } = parsed.postoffice;
+    let resolvedKey: string;
+    try {
+      resolvedKey = readSecret(key, keyFile, '', 'postoffice.key');
+    } catch (err) {
+      const configError = err as ConfigError;
+      ctx.addIssue({ code: 'custom', path: configError.key.split('.'), message: configError.message.replace(/^config error in : [^:]+: /, '') });
+      return z.NEVER;
+    }
+    return { ...parsed, postoffice: { ...postoffice, key: resolvedKey } };
+  });
+
+export type MailmanConfig = z.output<typeof mailmanConfigSchema>;
+
+/** Parses, validates and resolves secrets once; the result is what every other module works with. */
+export function loadMailmanConfig(file: string | undefined, env: NodeJS.ProcessEnv = process.env): MailmanConfig {
+  return loadConfig(mailmanConfigSchema, { file, envPrefix: 'MAILMAN', env });
+}

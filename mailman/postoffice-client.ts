@@ -1,0 +1,131 @@
+import { Agent as HttpAgent, request as httpRequest, type IncomingMessage } from 'node:http';
+import { Agent as HttpsAgent, request as httpsRequest } from 'node:https';
+import { errorCode, errorMessage } from '../shared/errors.ts';
+import { signRequest } from '../shared/signing.ts';
+
+export interface OutgoingMessage {
+  /** The spool/message id; sent as the idempotency key so a retried request is not queued twice. */
+  id: string;
+  mailfrom: string;
+  rcpttos: string[];
+  data: Buffer;
+}
+
+export type ForwardResult =
+  | { kind: 'accepted'; id: string }
+  | { kind: 'rejected'; status: number; error: string; message: string }
+  | { kind: 'temporary'; reason: string };
+
+export interface PostofficeClient {
+  /** Never throws for HTTP or network outcomes: every outcome is a result value. */
+  forward(message: OutgoingMessage): Promise<ForwardResult>;
+  close(): void;
+}
+
+export interface PostofficeClientOptions {
+  url: string;
+  fqdn: string;
+  key: string;
+  /** PEM of a private CA that signed the post office's certificate. */
+  ca?: string | Buffer | undefined;
+  timeoutMs: number;
+}
+
+/** Answers that retrying cannot fix; everything else (429, 5xx, 404 from a misrouted URL...) is retried. */
+const PERMANENT_STATUSES = new Set([400, 401, 403, 413]);
+const MAX_RESPONSE_BYTES = 64 * 1024;
+
+interface RawResponse {
+  status: number;
+  body: string;
+}
+
+function parseJsonObject(text: string): Record<string, unknown> | undefined {
+  try {
+    const value: unknown = JSON.parse(text);
+    return value && typeof value === 'object' && !Array.isArray(value) ? (value as Record<string, unknown>) : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+export function classifyResponse(response: RawResponse): ForwardResult {
+  const body = parseJsonObject(response.body);
+  if (response.status >= 200 && response.status < 300) {
+    // The post office said it holds the message; a malformed body must not make us send it again.
+    return { kind: 'accepted', id: typeof body?.id === 'string' ? body.id : '(unknown)' };
+  }
+  const error = typeof body?.error === 'string' ? body.error : `http_${response.status}`;
+  if (PERMANENT_STATUSES.has(response.status)) {
+    const message = typeof body?.message === 'string' ? body.message : '';
+    const field = typeof body?.field === 'string' ? ` (field ${body.field})` : '';
+    return { kind: 'rejected', status: response.status, error, message: `${message}${field}` };
+  }
+  return { kind: 'temporary', reason: `http ${response.status} ${error}` };
+}
+
+export function createPostofficeClient(options: PostofficeClientOptions): PostofficeClient {
+  const base = new URL(options.url);
+  const isHttps = base.protocol === 'https:';
+  const path = `${base.pathname.replace(/\/+$/, '')}/v1/messages`;
+  const agent = isHttps ? new HttpsAgent({ keepAlive: true, ca: options.ca }) : new HttpAgent({ keepAlive: true });
+  const request = isHttps ? httpsRequest : httpRequest;
+
+  function send(body: string, headers: Record<string, string>): Promise<RawResponse & { reusedSocket: boolean }> {
+    return new Promise((resolve, reject) => {
+      const req = request({
+        protocol: base.protocol,
+        hostname: base.hostname.replace(/^\[(.*)\]$/, '$1'),
+        port: base.port || (isHttps ? 443 : 80),
+        method: 'POST',
+        path,
+        agent,
+        headers: { ...headers, 'content-type': 'application/json', 'content-length': String(Buffer.byteLength(body)) },
+      });
+      // One deadline for the whole exchange: a post office that trickles bytes must not hold an SMTP client forever.
+      const timer = setTimeout(() => req.destroy(Object.assign(new Error(`no answer within ${options.timeoutMs} ms`), { code: 'ETIMEOUT' })), options.timeoutMs);
+      const fail = (err: unknown): void => {
+        clearTimeout(timer);
+        reject(Object.assign(err as Error, { reusedSocket: req.reusedSocket }));
+      };
+      req.once('error', fail);
+      req.once('response', (res: IncomingMessage) => {
+        const chunks: Buffer[] = [];
+        let size = 0;
+        res.on('data', (chunk: Buffer) => {
+          size += chunk.length;
+          if (size <= MAX_RESPONSE_BYTES) chunks.push(chunk);
+        });
+        res.once('error', fail);
+        res.once('aborted', () => fail(Object.assign(new Error('response aborted'), { code: 'ECONNRESET' })));
+        res.once('end', () => {
+          clearTimeout(timer);
+          resolve({ status: res.statusCode ?? 0, body: Buffer.concat(chunks).toString('utf8'), reusedSocket: req.reusedSocket });
+        });
+      });
+      req.end(body);
+    });
+  }
+
+  return {
+    async forward(message) {
+      const body = JSON.stringify({ mailfrom: message.mailfrom, rcpttos: message.rcpttos, data_base64: message.data.toString('base64') });
+      for (let attempt = 1; ; attempt++) {
+        // Signed per attempt so the timestamp is fresh.
+        const headers = signRequest(options.key, { method: 'POST', path, fqdn: options.fqdn, body, idempotencyKey: message.id });
+        try {
+          return classifyResponse(await send(body, headers));
+        } catch (err) {
+          // A kept-alive socket the server closed while idle fails on first use; Node's
+          // documentation recommends one retry on a fresh socket for exactly this case.
+          const reused = (err as { reusedSocket?: boolean }).reusedSocket === true;
+          if (attempt === 1 && reused && errorCode(err) === 'ECONNRESET') continue;
+          return { kind: 'temporary', reason: `${errorCode(err) ?? 'error'}: ${errorMessage(err)}` };
+        }
+      }
+    },
+    close() {
+      agent.destroy();
+    },
+  };
+}

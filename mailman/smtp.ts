@@ -1,0 +1,207 @@
+import { readFileSync } from 'node:fs';
+import type { AddressInfo } from 'node:net';
+import { SMTPServer, type SMTPServerDataStream, type SMTPServerSession } from 'smtp-server';
+import { isValidMailbox } from '../shared/address.ts';
+import { HedwigError, errorCode, errorMessage } from '../shared/errors.ts';
+import type { Logger } from '../shared/logger.ts';
+import type { MailmanConfig } from './config.ts';
+import type { MailmanMetrics } from './metrics.ts';
+import { createNetworkMatcher } from './networks.ts';
+import type { PostofficeClient } from './postoffice-client.ts';
+import { newMessageId, type Spool } from './spool.ts';
+
+/**
+ * The SMTP listener. A 250 to the client is a promise never to lose the message, so it
+ * is sent only after the post office accepted the message (inline) or after the spool
+ * fsynced it. Permanent rejections from the post office go back to the client as 5xx
+ * while it is still connected; a failing spool answers 451 so the client keeps it.
+ *
+ * Reply texts carry their own enhanced status codes (RFC 3463). smtp-server's own
+ * mapping stays off (hideENHANCEDSTATUSCODES) because it derives the enhanced code from
+ * the basic code alone (554 is always 5.6.0 there), which would both double and
+ * contradict ours; smtp-server's own protocol errors then go out without one.
+ */
+export interface SmtpDependencies {
+  config: MailmanConfig;
+  logger: Logger;
+  client: PostofficeClient;
+  spool: Spool;
+  metrics: MailmanMetrics;
+  /** False while the post office is known to be down: spool at once instead of waiting for a timeout. */
+  shouldForwardInline: () => boolean;
+  onSpooled: () => void;
+}
+
+interface SmtpReplyError extends Error {
+  responseCode: number;
+}
+
+export function smtpError(responseCode: number, text: string): SmtpReplyError {
+  return Object.assign(new Error(text), { responseCode });
+}
+
+const CONTROL_CHARS = /[\x00-\x1f\x7f]+/g;
+
+function replyDetail(text: string): string {
+  return text.replace(CONTROL_CHARS, ' ').trim().slice(0, 200);
+}
+
+/** Maps a permanent post office rejection to the SMTP reply the client sees. */
+export function rejectionReply(rejection: { status: number; error: string; message: string }): SmtpReplyError {
+  const detail = replyDetail(rejection.message ? `${rejection.error}: ${rejection.message}` : rejection.error);
+  switch (rejection.status) {
+    case 401:
+    case 403:
+      return smtpError(554, `5.7.1 Rejected by post office (${detail})`);
+    case 413:
+      return smtpError(552, `5.3.4 Message size exceeds fixed maximum message size (post office: ${detail})`);
+    default:
+      return smtpError(554, `5.6.0 Message rejected by post office (${detail})`);
+  }
+}
+
+interface Envelope {
+  mailfrom: string;
+  rcpttos: string[];
+}
+
+function envelopeOf(session: SMTPServerSession): Envelope {
+  const from = session.envelope.mailFrom;
+  return {
+    mailfrom: from ? from.address : '',
+    rcpttos: session.envelope.rcptTo.map((rcpt) => rcpt.address),
+  };
+}
+
+function readTlsFile(path: string, key: string): string {
+  try {
+    return readFileSync(path, 'utf8');
+  } catch (err) {
+    throw new HedwigError('STARTUP_FAILED', `cannot read ${key} ${path}: ${errorCode(err) ?? errorMessage(err)}`);
+  }
+}
+
+export function createSmtpServer(deps: SmtpDependencies): SMTPServer {
+  const { config, logger, client, spool, metrics } = deps;
+  const isAllowed = createNetworkMatcher(config.allowedNetworks);
+  const tls = config.tls.cert && config.tls.key ? { cert: readTlsFile(config.tls.cert, 'tls.cert'), key: readTlsFile(config.tls.key, 'tls.key') } : undefined;
+
+  function reject(reason: string, fields: Record<string, unknown>, reply: SmtpReplyError): SmtpReplyError {
+    metrics.rejected.inc({ reason });
+    logger.info({ event: 'rejected', reason, ...fields, reply: `${reply.responseCode} ${reply.message}` });
+    return reply;
+  }
+
+  async function accept(envelope: Envelope, data: Buffer, sessionId: string): Promise<string> {
+    const id = newMessageId();
+    const summary = { messageId: id, sessionId, mailfrom: envelope.mailfrom, rcptCount: envelope.rcpttos.length, size: data.length };
+    let temporaryReason = 'post office unavailable, retrying with backoff';
+    if (deps.shouldForwardInline()) {
+      const result = await client.forward({ id, ...envelope, data });
+      metrics.forwardAttempts.inc({ result: result.kind });
+      if (result.kind === 'accepted') {
+        metrics.accepted.inc({ path: 'inline' });
+        logger.info({ event: 'accepted', ...summary, path: 'inline', postofficeId: result.id });
+        return `2.0.0 Ok: queued as ${id}`;
+      }
+      if (result.kind === 'rejected') {
+        throw reject(result.error, { ...summary, status: result.status, error: result.error }, rejectionReply(result));
+      }
+      temporaryReason = result.reason;
+    }
+    try {
+      await spool.write({ id, ...envelope, receivedAt: Date.now(), data });
+    } catch (err) {
+      logger.error({ event: 'spool_write_failed', ...summary, code: errorCode(err), error: errorMessage(err) });
+      throw reject('spool_write_failed', summary, smtpError(451, '4.3.0 Temporary local problem, please try again later'));
+    }
+    logger.info({ event: 'spooled', messageId: id, reason: temporaryReason });
+    metrics.accepted.inc({ path: 'spooled' });
+    logger.info({ event: 'accepted', ...summary, path: 'spooled' });
+    deps.onSpooled();
+    return `2.0.0 Ok: queued as ${id} (spooled)`;
+  }
+
+  const server = new SMTPServer({
+    name: config.hostname,
+    banner: 'hedwig mailman',
+    size: config.maxMessageBytes,
+    // We answer oversized messages ourselves, after draining the stream, with the enhanced code.
+    rejectOversized: false,
+    hideENHANCEDSTATUSCODES: true,
+    authOptional: true,
+    disabledCommands: tls ? ['AUTH'] : ['AUTH', 'STARTTLS'],
+    ...(tls ?? {}),
+    disableReverseLookup: true,
+    maxClients: config.maxClients,
+    socketTimeout: config.socketTimeoutMs,
+    // Long enough for a transaction in flight to finish its inline forward or spool write.
+    closeTimeout: config.postoffice.timeoutMs + 5_000,
+    logger: false,
+
+    onConnect(session, callback) {
+      if (isAllowed(session.remoteAddress)) return callback();
+      callback(reject('network_not_allowed', { sessionId: session.id, remoteAddress: session.remoteAddress }, smtpError(554, '5.7.1 Client host rejected: access denied')));
+    },
+
+    onMailFrom(address, session, callback) {
+      if (address.address === '' || isValidMailbox(address.address)) return callback();
+      callback(reject('invalid_sender', { sessionId: session.id }, smtpError(553, '5.1.7 Bad sender address syntax')));
+    },
+
+    onRcptTo(address, session, callback) {
+      if (!isValidMailbox(address.address)) {
+        return callback(reject('invalid_recipient', { sessionId: session.id }, smtpError(553, '5.1.3 Bad recipient address syntax')));
+      }
+      const recipients = session.envelope.rcptTo;
+      const repeated = recipients.some((rcpt) => rcpt.address.toLowerCase() === address.address.toLowerCase());
+      if (!repeated && recipients.length >= config.maxRecipients) {
+        return callback(reject('too_many_recipients', { sessionId: session.id, limit: config.maxRecipients }, smtpError(452, '4.5.3 Too many recipients')));
+      }
+      callback();
+    },
+
+    onData(stream: SMTPServerDataStream, session, callback) {
+      const chunks: Buffer[] = [];
+      stream.on('data', (chunk: Buffer) => {
+        // Keep reading an oversized message to the end (the client only listens for a
+        // reply after its final dot) but stop holding its bytes.
+        if (stream.sizeExceeded) chunks.length = 0;
+        else chunks.push(chunk);
+      });
+      stream.once('end', () => {
+        if (stream.sizeExceeded) {
+          return callback(
+            reject('message_too_large', { sessionId: session.id, size: stream.byteLength, limit: config.maxMessageBytes }, smtpError(552, '5.3.4 Message size exceeds fixed maximum message size')),
+          );
+        }
+        accept(envelopeOf(session), Buffer.concat(chunks), session.id).then(
+          (reply) => callback(null, reply),
+          (err: unknown) => callback(err instanceof Error && 'responseCode' in err ? err : smtpError(451, '4.3.0 Temporary local problem, please try again later')),
+        );
+      });
+    },
+  });
+
+  server.on('error', (err: Error) => {
+    // Per-connection socket errors (resets, timeouts) land here too; they end one session, not the server.
+    logger.warn({ event: 'smtp_error', code: errorCode(err), error: errorMessage(err) });
+  });
+  return server;
+}
+
+export async function listenSmtp(server: SMTPServer, host: string, port: number): Promise<number> {
+  await new Promise<void>((resolve, reject) => {
+    const onError = (err: Error): void => reject(new HedwigError('STARTUP_FAILED', `cannot listen on ${host}:${port}: ${errorCode(err) ?? errorMessage(err)}`, { cause: err }));
+    server.server.once('error', onError);
+    server.listen(port, host, () => {
+      server.server.off('error', onError);
+      resolve();
+    });
+  });
+  return (server.server.address() as AddressInfo).port;
+}
+
+export function closeSmtp(server: SMTPServer): Promise<void> {
+  return new Promise((resolve) => server.close(() => resolve()));
+}
