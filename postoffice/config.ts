@@ -1,0 +1,112 @@
+import { z } from 'zod';
+import { ConfigError, loadConfig, parseHostPort, readSecret } from '../shared/config.ts';
+import { isValidDomain } from '../shared/address.ts';
+import { TUBE } from '../shared/job.ts';
+
+export const MIN_KEY_LENGTH = 32;
+const DEFAULT_BEANSTALK_PORT = 11300;
+
+const hostPort = z.string().transform((value, ctx) => {
+  try {
+    const address = parseHostPort(value, DEFAULT_BEANSTALK_PORT);
+    if (!Number.isInteger(address.port) || address.port < 1 || address.port > 65535) throw new Error('port out of range');
+    return address;
+  } catch {
+    ctx.addIssue({ code: 'custom', message: `not a host[:port]: ${value}` });
+    return z.NEVER;
+  }
+});
+
+const senderDomain = z
+  .string()
+  .transform((value) => value.toLowerCase())
+  .refine((value) => value === '*' || isValidDomain(value), { message: "expected a domain or '*'" });
+
+/**
+ * A client host allowed to submit mail. The key is resolved here (inline or from a file,
+ * e.g. a Docker secret) so the rest of the post office only ever sees `key`.
+ */
+const clientSchema = z
+  .object({
+    key: z.string().optional(),
+    keyFile: z.string().optional(),
+    senderDomains: z.array(senderDomain).min(1),
+  })
+  .strict()
+  .transform((client, ctx) => {
+    let key: string;
+    try {
+      key = readSecret(client.key, client.keyFile, '(config)', 'key');
+    } catch (err) {
+      const message = err instanceof ConfigError ? err.message.replace(/^config error in \(config\): [^:]+: /, '') : String(err);
+      ctx.addIssue({ code: 'custom', message, path: [client.keyFile && !client.key ? 'keyFile' : 'key'] });
+      return z.NEVER;
+    }
+    if (key.length < MIN_KEY_LENGTH) {
+      // Never echo the key itself, not even a short one.
+      ctx.addIssue({ code: 'custom', message: `key must be at least ${MIN_KEY_LENGTH} characters`, path: ['key'] });
+      return z.NEVER;
+    }
+    return { key, senderDomains: client.senderDomains };
+  });
+
+export const postofficeConfigSchema = z
+  .object({
+    listen: z
+      .object({
+        host: z.string().min(1).default('127.0.0.1'),
+        port: z.number().int().min(0).max(65535).default(8025),
+      })
+      .strict()
+      .prefault({}),
+    beanstalk: z
+      .object({
+        servers: z.array(hostPort).min(1).prefault(['127.0.0.1:11300']),
+        tube: z.string().min(1).max(200).default(TUBE.outbound),
+        ttrSeconds: z.number().int().positive().default(600),
+      })
+      .strict()
+      .prefault({}),
+    limits: z
+      .object({
+        maxMessageBytes: z.number().int().positive().default(10_485_760),
+        maxRecipients: z.number().int().positive().default(100),
+      })
+      .strict()
+      .prefault({}),
+    signatureWindowSeconds: z.number().int().positive().default(300),
+    idempotencyTtlSeconds: z.number().int().positive().default(86_400),
+    legacy: z
+      .object({
+        enabled: z.boolean().default(true),
+        path: z.string().startsWith('/').default('/'),
+      })
+      .strict()
+      .prefault({}),
+    clients: z
+      .record(z.string().min(1), clientSchema)
+      .default({})
+      .transform((clients, ctx) => {
+        // FQDNs are case-insensitive; requests are matched on the lower-cased name.
+        const byName: Record<string, z.infer<typeof clientSchema>> = {};
+        for (const [fqdn, client] of Object.entries(clients)) {
+          const name = fqdn.toLowerCase();
+          if (byName[name]) ctx.addIssue({ code: 'custom', message: `duplicate client ${name}`, path: [fqdn] });
+          byName[name] = client;
+        }
+        return byName;
+      }),
+    tls: z
+      .object({ cert: z.string().min(1), key: z.string().min(1) })
+      .strict()
+      .optional(),
+    trustProxy: z.boolean().default(false),
+  })
+  .strict();
+
+export type PostofficeConfig = z.infer<typeof postofficeConfigSchema>;
+export type ClientPolicy = PostofficeConfig['clients'][string];
+
+export function loadPostofficeConfig(file: string | undefined, env: NodeJS.ProcessEnv = process.env): PostofficeConfig {
+  return loadConfig(postofficeConfigSchema, { file, envPrefix: 'POSTOFFICE', env });
+}

@@ -1,0 +1,34 @@
+import { Counter, Histogram, type Registry } from 'prom-client';
+
+export interface PostofficeMetrics {
+  accepted: Counter<'route'>;
+  duplicates: Counter<'route'>;
+  rejected: Counter<'reason'>;
+  requestDuration: Histogram<'route' | 'method' | 'status'>;
+}
+
+/**
+ * Metrics are looked up before being created so that several apps can share one
+ * registry (tests build many apps; prom-client throws on a second registration).
+ */
+function counter<L extends string>(registry: Registry, name: string, help: string, labelNames: L[]): Counter<L> {
+  return (registry.getSingleMetric(name) as Counter<L> | undefined) ?? new Counter({ name, help, labelNames, registers: [registry] });
+}
+
+export function createPostofficeMetrics(registry: Registry): PostofficeMetrics {
+  const durationName = 'hedwig_postoffice_request_duration_seconds';
+  return {
+    accepted: counter(registry, 'hedwig_postoffice_messages_accepted_total', 'Messages put into beanstalkd, by route (v1, legacy).', ['route']),
+    duplicates: counter(registry, 'hedwig_postoffice_messages_duplicate_total', 'Retried requests answered from the idempotency cache (nothing queued).', ['route']),
+    rejected: counter(registry, 'hedwig_postoffice_messages_rejected_total', 'Requests answered with an error, by error code.', ['reason']),
+    requestDuration:
+      (registry.getSingleMetric(durationName) as Histogram<'route' | 'method' | 'status'> | undefined) ??
+      new Histogram({
+        name: durationName,
+        help: 'HTTP request duration, from the first byte received to the response sent.',
+        labelNames: ['route', 'method', 'status'],
+        buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30],
+        registers: [registry],
+      }),
+  };
+}

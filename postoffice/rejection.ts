@@ -1,0 +1,25 @@
+/**
+ * Every error the post office answers with. `code` is the stable `error` field of the
+ * JSON body; `field` names the offending input when there is one.
+ */
+export interface Rejection {
+  status: number;
+  code: string;
+  message: string;
+  field?: string;
+}
+
+export type Outcome<T> = { ok: true; value: T } | { ok: false; rejection: Rejection };
+
+export function rejection(status: number, code: string, message: string, field?: string): { ok: false; rejection: Rejection } {
+  return { ok: false, rejection: field === undefined ? { status, code, message } : { status, code, message, field } };
+}
+
+export function ok<T>(value: T): { ok: true; value: T } {
+  return { ok: true, value };
+}
+
+/** The flat JSON body sent to clients: never a stack trace, never the input echoed back. */
+export function errorBody(r: Rejection): { error: string; message: string; field?: string } {
+  return r.field === undefined ? { error: r.code, message: r.message } : { error: r.code, message: r.message, field: r.field };
+}

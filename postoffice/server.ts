@@ -1,0 +1,100 @@
+import { readFileSync } from 'node:fs';
+import { isIP, type AddressInfo } from 'node:net';
+import type { Registry } from 'prom-client';
+import { BeanstalkClient } from '../shared/beanstalk.ts';
+import { errorCode, errorMessage, HedwigError } from '../shared/errors.ts';
+import type { Logger } from '../shared/logger.ts';
+import { createRegistry } from '../shared/ops-server.ts';
+import { buildApp } from './app.ts';
+import type { PostofficeConfig } from './config.ts';
+import { RoundRobinQueue } from './queue.ts';
+
+export interface RunningPostoffice {
+  port: number;
+  url: string;
+  /** Stops accepting, lets in-flight requests finish (each waits for its put), then closes the queue. */
+  stop(): Promise<void>;
+}
+
+export function isLoopbackHost(host: string): boolean {
+  if (host === 'localhost') return true;
+  if (isIP(host) === 4) return host.startsWith('127.');
+  return host === '::1';
+}
+
+function readTls(tls: NonNullable<PostofficeConfig['tls']>): { cert: Buffer; key: Buffer } {
+  const read = (path: string, key: string): Buffer => {
+    try {
+      return readFileSync(path);
+    } catch (err) {
+      throw new HedwigError('STARTUP_FAILED', `cannot read tls.${key} ${path}: ${errorCode(err) ?? errorMessage(err)}`);
+    }
+  };
+  return { cert: read(tls.cert, 'cert'), key: read(tls.key, 'key') };
+}
+
+function createClient(address: { host: string; port: number }, logger: Logger): BeanstalkClient {
+  const client = new BeanstalkClient(address);
+  const server = `${address.host}:${address.port}`;
+  client.on('connect', () => logger.info({ event: 'beanstalk_connected', server }));
+  client.on('disconnect', (err?: unknown) => logger.warn({ event: 'beanstalk_disconnected', server, error: err ? errorMessage(err) : undefined }));
+  return client;
+}
+
+/**
+ * Starts the post office. beanstalkd being down at start-up is not fatal: the clients
+ * keep reconnecting, /readyz says 503 and submissions get 503 until one is back.
+ */
+export async function startPostoffice(config: PostofficeConfig, options: { logger: Logger; registry?: Registry }): Promise<RunningPostoffice> {
+  const { logger } = options;
+  const registry = options.registry ?? createRegistry('postoffice');
+  const https = config.tls ? readTls(config.tls) : undefined;
+  const { tube, ttrSeconds } = config.beanstalk;
+
+  const clients = config.beanstalk.servers.map((address) => createClient(address, logger));
+  await Promise.all(
+    clients.map(async (client) => {
+      try {
+        await client.connect();
+        await client.use(tube);
+      } catch (err) {
+        logger.warn({ event: 'beanstalk_unavailable', server: `${client.address.host}:${client.address.port}`, error: errorMessage(err) }, 'beanstalkd not reachable yet; retrying in the background');
+      }
+    }),
+  );
+  const closeClients = () => Promise.all(clients.map((client) => client.close())).then(() => undefined);
+
+  const queue = new RoundRobinQueue(clients, { tube, ttrSeconds });
+  const app = buildApp(config, { logger, queue, registry, ...(https ? { https } : {}) });
+  try {
+    await app.listen({ host: config.listen.host, port: config.listen.port });
+  } catch (err) {
+    await app.close().catch(() => undefined);
+    await closeClients();
+    throw new HedwigError('STARTUP_FAILED', `cannot listen on ${config.listen.host}:${config.listen.port}: ${errorCode(err) ?? errorMessage(err)}`, { cause: err });
+  }
+
+  const port = (app.server.address() as AddressInfo).port;
+  const host = config.listen.host.includes(':') ? `[${config.listen.host}]` : config.listen.host;
+  const url = `${https ? 'https' : 'http'}://${host}:${port}`;
+  if (!https && !isLoopbackHost(config.listen.host)) {
+    logger.warn(
+      { event: 'plain_http', host: config.listen.host },
+      'serving plain HTTP on a non-loopback address: configure tls (the legacy route sends keys in the clear)',
+    );
+  }
+  logger.info({ event: 'started', url, beanstalk: clients.map((c) => `${c.address.host}:${c.address.port}`), tube, legacy: config.legacy.enabled });
+
+  let stopping: Promise<void> | undefined;
+  return {
+    port,
+    url,
+    stop() {
+      stopping ??= (async () => {
+        await app.close();
+        await closeClients();
+      })();
+      return stopping;
+    },
+  };
+}
