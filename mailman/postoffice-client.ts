@@ -31,8 +31,12 @@ export interface PostofficeClientOptions {
   timeoutMs: number;
 }
 
-/** Answers that retrying cannot fix; everything else (429, 5xx, 404 from a misrouted URL...) is retried. */
-const PERMANENT_STATUSES = new Set([400, 401, 403, 413]);
+/**
+ * Answers that retrying cannot fix (422: the idempotency key was already used for another
+ * message). Everything else (429, 5xx, a 404 from a misrouted URL...) is retried, so an
+ * operator's mistake delays mail instead of losing it.
+ */
+const PERMANENT_STATUSES = new Set([400, 401, 403, 413, 422]);
 const MAX_RESPONSE_BYTES = 64 * 1024;
 
 interface RawResponse {

@@ -1,4 +1,5 @@
-import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
+import { createServer, type IncomingMessage, type RequestListener, type ServerResponse } from 'node:http';
+import { createServer as createHttpsServer } from 'node:https';
 import type { Socket } from 'node:net';
 import { HEADER, verifySignature } from '../../shared/signing.ts';
 import { freePort } from './ports.ts';
@@ -35,7 +36,14 @@ export interface FakePostoffice {
   stop(): Promise<void>;
 }
 
-export async function startFakePostoffice(options: { key: string; fqdn: string; answer?: FakeAnswer; listening?: boolean }): Promise<FakePostoffice> {
+export async function startFakePostoffice(options: {
+  key: string;
+  fqdn: string;
+  answer?: FakeAnswer;
+  listening?: boolean;
+  /** Serve HTTPS with this certificate (PEM) instead of HTTP. */
+  tls?: { key: string; cert: string };
+}): Promise<FakePostoffice> {
   const port = await freePort();
   const received: ReceivedRequest[] = [];
   const accepted = new Map<string, string>();
@@ -94,12 +102,13 @@ export async function startFakePostoffice(options: { key: string; fqdn: string; 
     reply(202, { id });
   };
 
-  const server = createServer((req, res) => {
+  const listener: RequestListener = (req, res) => {
     const chunks: Buffer[] = [];
     req.on('data', (chunk: Buffer) => chunks.push(chunk));
     req.on('end', () => handle(req, res, Buffer.concat(chunks)));
-  });
-  server.on('connection', (socket) => {
+  };
+  const server = options.tls ? createHttpsServer({ key: options.tls.key, cert: options.tls.cert }, listener) : createServer(listener);
+  server.on('connection', (socket: Socket) => {
     sockets.add(socket);
     socket.on('close', () => sockets.delete(socket));
   });
@@ -128,7 +137,7 @@ export async function startFakePostoffice(options: { key: string; fqdn: string; 
   if (options.listening !== false) await up();
 
   return {
-    url: `http://127.0.0.1:${port}`,
+    url: `${options.tls ? 'https' : 'http'}://127.0.0.1:${port}`,
     port,
     received,
     accepted,

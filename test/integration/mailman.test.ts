@@ -4,7 +4,7 @@ import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, 
 import { connect, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { after, describe, it } from 'node:test';
+import { after, before, describe, it } from 'node:test';
 import { pino } from 'pino';
 import { loadMailmanConfig, type MailmanConfig } from '../../mailman/config.ts';
 import { startMailman, type Mailman } from '../../mailman/server.ts';
@@ -53,8 +53,10 @@ function tempDir(prefix: string): string {
   return dir;
 }
 
-async function startHarness(options: { env?: Record<string, string>; postofficeListening?: boolean; spoolDir?: string } = {}): Promise<Harness> {
-  const postoffice = await startFakePostoffice({ key: KEY, fqdn: FQDN, listening: options.postofficeListening ?? true });
+async function startHarness(
+  options: { env?: Record<string, string>; postofficeListening?: boolean; spoolDir?: string; postofficeTls?: { key: string; cert: string } } = {},
+): Promise<Harness> {
+  const postoffice = await startFakePostoffice({ key: KEY, fqdn: FQDN, listening: options.postofficeListening ?? true, tls: options.postofficeTls });
   cleanups.push(() => postoffice.stop());
   const spoolDir = options.spoolDir ?? join(tempDir('hedwig-mailman-'), 'spool');
   const config = loadMailmanConfig(undefined, {
@@ -443,5 +445,59 @@ describe('mailman: SMTP policy', () => {
     assert.match(metrics, /hedwig_mailman_spool_depth\{tier="mailman"\} 0/);
     assert.equal((await fetch(`http://127.0.0.1:${h.mailman.opsPort}/readyz`)).status, 200);
     assert.equal((await fetch(`http://127.0.0.1:${h.mailman.opsPort}/healthz`)).status, 200);
+  });
+});
+
+describe('mailman: TLS', () => {
+  let certFile = '';
+  let keyFile = '';
+  const pems = () => ({ cert: readFileSync(certFile, 'utf8'), key: readFileSync(keyFile, 'utf8') });
+
+  before(async () => {
+    const dir = tempDir('hedwig-mailman-tls-');
+    certFile = join(dir, 'cert.pem');
+    keyFile = join(dir, 'key.pem');
+    const made = await run('openssl', [
+      'req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes', '-days', '2',
+      '-keyout', keyFile, '-out', certFile, '-subj', '/CN=127.0.0.1', '-addext', 'subjectAltName=IP:127.0.0.1',
+    ]);
+    assert.equal(made.code, 0, made.stderr);
+  });
+
+  it('forwards over HTTPS to a post office whose certificate a private CA (postoffice.caFile) signed', async () => {
+    const h = await startHarness({ postofficeTls: pems(), env: { MAILMAN_POSTOFFICE__CA_FILE: certFile } });
+    assert.match(h.postoffice.url, /^https:/);
+    const result = await msmtp(h.mailman.port, ['b@dest.test']);
+    assert.equal(result.code, 0, result.stderr);
+    assert.equal(h.postoffice.received.length, 1);
+    assert.equal(h.postoffice.received[0]!.signatureOk, true);
+    assert.equal(h.logs.find((l) => l.event === 'accepted')?.path, 'inline');
+  });
+
+  it('does not trust an unknown certificate: without caFile the message waits in the spool', async () => {
+    const h = await startHarness({ postofficeTls: pems() });
+    const result = await msmtp(h.mailman.port, ['b@dest.test']);
+    assert.equal(result.code, 0, result.stderr);
+    assert.equal(h.postoffice.received.length, 0, 'no request got through the TLS handshake');
+    assert.equal(spoolEntries(h.spoolDir, 'new').length, 1);
+    const spooled = h.logs.find((l) => l.event === 'spooled');
+    assert.match(String(spooled?.reason), /self-signed|SELF_SIGNED/i);
+  });
+
+  it('offers STARTTLS with the operator certificate (tls.cert/tls.key) and still no AUTH', async () => {
+    const h = await startHarness({ env: { MAILMAN_TLS__CERT: certFile, MAILMAN_TLS__KEY: keyFile } });
+    const dialog = await SmtpDialog.open(h.mailman.port);
+    await dialog.reply();
+    const ehlo = await dialog.command('EHLO client.test');
+    assert.match(ehlo, /250-STARTTLS|250 STARTTLS/);
+    assert.doesNotMatch(ehlo, /AUTH/);
+    dialog.close();
+    const result = await run(
+      'msmtp',
+      ['-C', '/dev/null', '--host=127.0.0.1', `--port=${h.mailman.port}`, '--tls=on', '--tls-starttls=on', `--tls-trust-file=${certFile}`, '--from=a@example.test', '--', 'b@dest.test'],
+      MESSAGE,
+    );
+    assert.equal(result.code, 0, result.stderr);
+    assert.equal(h.postoffice.received[0]!.data.toString('latin1'), MESSAGE);
   });
 });
