@@ -177,7 +177,11 @@ export function createSmtpServer(deps: SmtpDependencies): SMTPServer {
         }
         accept(envelopeOf(session), Buffer.concat(chunks), session.id).then(
           (reply) => callback(null, reply),
-          (err: unknown) => callback(err instanceof Error && 'responseCode' in err ? err : smtpError(451, '4.3.0 Temporary local problem, please try again later')),
+          (err: unknown) => {
+            if (err instanceof Error && 'responseCode' in err) return callback(err);
+            logger.error({ event: 'internal_error', sessionId: session.id, code: errorCode(err), error: errorMessage(err) });
+            callback(smtpError(451, '4.3.0 Temporary local problem, please try again later'));
+          },
         );
       });
     },

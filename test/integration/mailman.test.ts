@@ -405,6 +405,22 @@ describe('mailman: SMTP policy', () => {
     dialog.close();
   });
 
+  it('turns away connections beyond maxClients with 421 and serves the next one once a slot is free', async () => {
+    const h = await startHarness({ env: { MAILMAN_MAX_CLIENTS: '1' } });
+    const first = await SmtpDialog.open(h.mailman.port);
+    assert.match(await first.reply(), /^220 /);
+    const second = await SmtpDialog.open(h.mailman.port);
+    assert.match(await second.reply(), /^421 /);
+    second.close();
+    assert.match(await first.command('QUIT'), /^221 /);
+    first.close();
+    const sent = await waitFor(async () => {
+      const result = await msmtp(h.mailman.port, ['b@dest.test']);
+      return result.code === 0 ? result : undefined;
+    }, { what: 'a free client slot' });
+    assert.equal(sent.code, 0);
+  });
+
   it('offers neither AUTH nor STARTTLS without an operator certificate', async () => {
     const h = await startHarness();
     const dialog = await SmtpDialog.open(h.mailman.port);
