@@ -176,6 +176,16 @@ export function buildApp(config: PostofficeConfig, deps: PostofficeDeps): Fastif
   });
   app.setNotFoundHandler((request, reply) => reject(request, reply, 'unmatched', { status: 404, code: 'not_found', message: 'no such route' }));
 
+  // app.close() only closes connections idle at that moment; a keep-alive connection
+  // whose request was still in flight would hold close() for the keep-alive timeout.
+  let closing = false;
+  app.addHook('preClose', async () => {
+    closing = true;
+  });
+  app.addHook('onSend', async (_request, reply) => {
+    if (closing) reply.header('connection', 'close');
+  });
+
   app.addHook('onResponse', async (request, reply) => {
     metrics.requestDuration.observe(
       { route: request.routeOptions.url ?? 'unmatched', method: request.method, status: String(reply.statusCode) },
