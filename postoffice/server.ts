@@ -6,6 +6,7 @@ import { errorCode, errorMessage, HedwigError } from '../shared/errors.ts';
 import type { Logger } from '../shared/logger.ts';
 import { createRegistry } from '../shared/ops-server.ts';
 import { buildApp } from './app.ts';
+import { jobSizeFor } from '../shared/job.ts';
 import type { PostofficeConfig } from './config.ts';
 import { RoundRobinQueue } from './queue.ts';
 
@@ -42,6 +43,20 @@ function createClient(address: { host: string; port: number }, logger: Logger): 
 }
 
 /**
+ * beanstalkd refuses jobs above its -z size (65,535 bytes by default): every larger
+ * message would get 503 until an operator notices, so say so at start-up.
+ */
+async function warnIfJobSizeTooSmall(client: BeanstalkClient, needed: number, logger: Logger): Promise<void> {
+  const maxJobSize = Number((await client.stats())['max-job-size']);
+  if (Number.isFinite(maxJobSize) && maxJobSize < needed) {
+    logger.warn(
+      { event: 'beanstalk_job_size_too_small', server: `${client.address.host}:${client.address.port}`, maxJobSize, needed },
+      `beanstalkd max-job-size is below what limits.maxMessageBytes needs: start it with -z ${needed} or more`,
+    );
+  }
+}
+
+/**
  * Starts the post office. beanstalkd being down at start-up is not fatal: the clients
  * keep reconnecting, /readyz says 503 and submissions get 503 until one is back.
  */
@@ -57,6 +72,7 @@ export async function startPostoffice(config: PostofficeConfig, options: { logge
       try {
         await client.connect();
         await client.use(tube);
+        await warnIfJobSizeTooSmall(client, jobSizeFor(config.limits.maxMessageBytes, config.limits.maxRecipients), logger);
       } catch (err) {
         logger.warn({ event: 'beanstalk_unavailable', server: `${client.address.host}:${client.address.port}`, error: errorMessage(err) }, 'beanstalkd not reachable yet; retrying in the background');
       }

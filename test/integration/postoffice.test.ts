@@ -157,8 +157,11 @@ describe('post office with two beanstalkd servers', { timeout: 60_000 }, () => {
       beanstalk: { servers: [first.address, second.address], tube: TUBE },
       clients: { [FQDN]: { key: KEY, senderDomains: ['example.com'] } },
     });
-    const postoffice = await startPostoffice(config, { logger: captureLogger([]), registry: new Registry() });
+    const lines: string[] = [];
+    const postoffice = await startPostoffice(config, { logger: captureLogger(lines), registry: new Registry() });
     t.after(() => postoffice.stop());
+    // Default beanstalkd (-z 65535) against the default 10 MiB message limit.
+    assert.equal(lines.filter((l) => l.includes('"event":"beanstalk_job_size_too_small"')).length, 2);
     const readerFirst = await startReader({ host: first.host, port: first.port });
     t.after(() => readerFirst.close());
     const readerSecond = await startReader({ host: second.host, port: second.port });
