@@ -38,7 +38,8 @@ await runMain(logger, async () => {
   const workerConfig = loadConfig(workerConfigSchema, { file: process.env.WORKER_CONFIG ?? `${here}/worker.yaml`, envPrefix: 'WORKER' });
   const mailmanConfig = loadConfig(mailmanConfigSchema, { file: process.env.MAILMAN_CONFIG ?? `${here}/mailman.yaml`, envPrefix: 'MAILMAN' });
 
-  const [beanstalkHost, beanstalkPort] = (postofficeConfig.beanstalk.servers[0] ?? '127.0.0.1:11400').split(':');
+  // postoffice config parses servers into { host, port } already.
+  const { host: beanstalkHost, port: beanstalkPort } = postofficeConfig.beanstalk.servers[0] ?? { host: '127.0.0.1', port: 11400 };
   const beanstalkd = await startBeanstalkd(
     {
       binary: process.env.BEANSTALKD_BIN ?? 'beanstalkd',
