@@ -1,48 +1,19 @@
 /**
- * A typed promise wrapper around fivebeans 1.5.0 (`fivebeans/lib/client.js`).
- * One BeanstalkClient = one TCP connection at a time to one beanstalkd server.
- *
- * fivebeans parses the protocol correctly but is unsafe on its own (DESIGN.md): its callbacks
- * never fire when the server goes away, its errors are bare strings, an unhandled 'error'
- * event crashes the process and a second connect() on the same client keeps stale state.
- * So every TCP connection gets a fresh fivebeans client wrapped in a `Connection` that tracks
- * its own pending commands, and `BeanstalkClient` replaces connections, never repairs them.
+ * The beanstalkd client the tiers use: one BeanstalkClient = one TCP connection at a time
+ * to one beanstalkd server (a `Connection` over a fresh fivebeans client, see
+ * beanstalk-connection.ts). Connections are replaced, never repaired: after a drop the
+ * client reconnects with backoff and re-applies use/watch before it reports 'connect'.
  *
  * beanstalkd answers the commands of one connection strictly in order, and a reserve blocks
  * the connection until it returns: a command sent behind a pending reserve waits for it.
  * Use one client per concurrent reserver (and another for puts).
  */
 import { EventEmitter } from 'node:events';
-import { createRequire } from 'node:module';
-import type { Socket } from 'node:net';
-import { HedwigError } from './errors.ts';
+import { Connection, describeCause, type BeanstalkAddress, type FivebeansCommand } from './beanstalk-connection.ts';
+import { BeanstalkError, checkJobId, checkTube, checkUint, toStats, toStringList, type Stats } from './beanstalk-protocol.ts';
 
-export type BeanstalkErrorCode =
-  | 'DISCONNECTED' // connection closed or never opened; pending ops are rejected with this
-  | 'TIMEOUT' // a command got no answer within commandTimeoutMs (the connection is then dropped)
-  | 'STALE_RESERVATION' // job op on a job reserved on an earlier connection (it went back to ready)
-  | 'NOT_FOUND'
-  | 'JOB_TOO_BIG'
-  | 'DRAINING'
-  | 'BURIED' // put succeeded but server was out of memory and buried the job
-  | 'DEADLINE_SOON'
-  | 'PROTOCOL'; // any other server error string (BAD_FORMAT, UNKNOWN_COMMAND, OUT_OF_MEMORY, ...) or an argument we refuse to send
-
-export class BeanstalkError extends HedwigError {
-  declare readonly code: BeanstalkErrorCode;
-  /** The server's reply word (`NOT_FOUND`, `OUT_OF_MEMORY`, ...) when the server refused the command. */
-  readonly reply?: string;
-  constructor(code: BeanstalkErrorCode, message: string, options?: { cause?: unknown; reply?: string }) {
-    super(code, message, options);
-    this.name = 'BeanstalkError';
-    if (options?.reply !== undefined) this.reply = options.reply;
-  }
-}
-
-export interface BeanstalkAddress {
-  host: string;
-  port: number;
-}
+export { BeanstalkError, type BeanstalkErrorCode, type Stats } from './beanstalk-protocol.ts';
+export type { BeanstalkAddress } from './beanstalk-connection.ts';
 
 export interface BeanstalkClientOptions {
   connectTimeoutMs?: number; // default 5000
@@ -70,250 +41,19 @@ export interface ReservedJob {
   touch(): Promise<void>;
 }
 
-/** Numbers stay numbers; every other value (names, booleans like `draining`) is a string. */
-export type Stats = Record<string, string | number>;
-
 export const DEFAULT_PRIORITY = 1024;
+
+interface TubeState {
+  used: string;
+  watched: Set<string>;
+}
+
+function refusedByServer(err: unknown): boolean {
+  return err instanceof BeanstalkError && err.reply !== undefined;
+}
 const DEFAULT_TTR_SECONDS = 300;
-const MAX_UINT32 = 2 ** 32 - 1;
 const RECONNECT_MIN_MS = 100;
 const RECONNECT_MAX_MS = 5000;
-
-// ---------------------------------------------------------------------------------------
-// fivebeans, typed as far as we use it
-
-type FivebeansCallback = (err: unknown, ...results: unknown[]) => void;
-
-interface FivebeansClient extends EventEmitter {
-  stream: Socket | null;
-  connect(): void;
-  tryHandlingResponse(): void;
-}
-
-type FivebeansCommand =
-  | 'use'
-  | 'put'
-  | 'watch'
-  | 'ignore'
-  | 'reserve_with_timeout'
-  | 'destroy'
-  | 'release'
-  | 'bury'
-  | 'touch'
-  | 'kick'
-  | 'kick_job'
-  | 'peek'
-  | 'peek_ready'
-  | 'peek_delayed'
-  | 'peek_buried'
-  | 'list_tube_used'
-  | 'list_tubes'
-  | 'list_tubes_watched'
-  | 'stats'
-  | 'stats_tube'
-  | 'stats_job';
-
-// The package root also loads the worker/runner (yargs, config files): take only the client.
-const FivebeansClientClass = createRequire(import.meta.url)('fivebeans/lib/client.js') as new (host: string, port: number) => FivebeansClient;
-
-function sendFivebeans(client: FivebeansClient, command: FivebeansCommand, args: unknown[], callback: FivebeansCallback): void {
-  (client as unknown as Record<FivebeansCommand, (...a: unknown[]) => void>)[command](...args, callback);
-}
-
-// ---------------------------------------------------------------------------------------
-// Server replies and arguments
-
-const SERVER_ERROR_CODES: Record<string, BeanstalkErrorCode> = {
-  NOT_FOUND: 'NOT_FOUND',
-  JOB_TOO_BIG: 'JOB_TOO_BIG',
-  DRAINING: 'DRAINING',
-  BURIED: 'BURIED',
-  DEADLINE_SOON: 'DEADLINE_SOON',
-};
-
-/** fivebeans hands server errors over as the bare first word of the reply (`'NOT_FOUND'`). */
-export function serverError(reply: unknown, command: string): BeanstalkError {
-  const word = typeof reply === 'string' ? reply : String(reply);
-  const code = SERVER_ERROR_CODES[word] ?? 'PROTOCOL';
-  return new BeanstalkError(code, `beanstalkd answered ${word} to ${command}`, { reply: word });
-}
-
-/** beanstalkd's tube name grammar; anything else (spaces, CR/LF) would also corrupt the command line. */
-const TUBE_NAME = /^[A-Za-z0-9+/;.$_()][A-Za-z0-9\-+/;.$_()]{0,199}$/;
-const JOB_ID = /^[0-9]{1,20}$/;
-
-export function checkTube(tube: string): string {
-  if (!TUBE_NAME.test(tube)) throw new BeanstalkError('PROTOCOL', `invalid tube name ${JSON.stringify(tube)}`);
-  return tube;
-}
-
-export function checkJobId(id: string): string {
-  if (typeof id !== 'string' || !JOB_ID.test(id)) throw new BeanstalkError('PROTOCOL', `invalid job id ${JSON.stringify(id)}`);
-  return id;
-}
-
-export function checkUint(value: number, what: string, max = MAX_UINT32): number {
-  if (!Number.isInteger(value) || value < 0 || value > max) throw new BeanstalkError('PROTOCOL', `invalid ${what} ${String(value)}`);
-  return value;
-}
-
-function toStats(parsed: unknown): Stats {
-  const stats: Stats = {};
-  if (parsed && typeof parsed === 'object') {
-    for (const [key, value] of Object.entries(parsed)) stats[key] = typeof value === 'number' ? value : String(value);
-  }
-  return stats;
-}
-
-function toStringList(parsed: unknown): string[] {
-  return Array.isArray(parsed) ? parsed.map((item) => String(item)) : [];
-}
-
-// ---------------------------------------------------------------------------------------
-// One TCP connection
-
-interface PendingCommand {
-  command: string;
-  timeoutMs: number;
-  timer?: NodeJS.Timeout;
-  settle(err: BeanstalkError | null, results: unknown[]): void;
-}
-
-/**
- * One TCP connection through its own fivebeans client. Pending commands are kept here in
- * send order (the order beanstalkd answers them): only the oldest one runs its timeout,
- * so a command queued behind a long reserve is not timed out for the reserve's wait.
- */
-class Connection {
-  private readonly client: FivebeansClient;
-  private readonly pending: PendingCommand[] = [];
-  private lastError: unknown;
-  private isOpen = false;
-  private isClosed = false;
-  private isDropped = false;
-  private readonly closed: Promise<void>;
-  private markClosed!: () => void;
-
-  constructor(
-    readonly address: BeanstalkAddress,
-    private readonly onClose: (connection: Connection, cause: unknown) => void,
-  ) {
-    this.closed = new Promise((resolve) => (this.markClosed = resolve));
-    this.client = new FivebeansClientClass(address.host, address.port);
-    // fivebeans re-emits socket errors; without a listener they would crash the process.
-    this.client.on('error', (err: unknown) => {
-      this.lastError = err;
-    });
-    this.client.on('close', () => this.handleClose());
-    // A throw inside fivebeans' parser would escape from a socket 'data' listener as an
-    // uncaught exception: turn it into a dropped connection instead.
-    const parse = this.client.tryHandlingResponse;
-    this.client.tryHandlingResponse = () => {
-      try {
-        parse.call(this.client);
-      } catch (err) {
-        this.drop(new BeanstalkError('PROTOCOL', 'unparseable reply from beanstalkd', { cause: err }));
-      }
-    };
-  }
-
-  get open(): boolean {
-    return this.isOpen && !this.isClosed && !this.isDropped;
-  }
-
-  /** Resolves once TCP is connected; rejects with DISCONNECTED otherwise. */
-  start(connectTimeoutMs: number): Promise<void> {
-    return new Promise((resolve, reject) => {
-      const timer = setTimeout(() => this.drop(new BeanstalkError('TIMEOUT', `no connection within ${connectTimeoutMs} ms`)), connectTimeoutMs);
-      const onConnect = (): void => {
-        clearTimeout(timer);
-        this.client.removeListener('close', onFailure);
-        this.isOpen = true;
-        resolve();
-      };
-      const onFailure = (): void => {
-        clearTimeout(timer);
-        this.client.removeListener('connect', onConnect);
-        reject(new BeanstalkError('DISCONNECTED', `cannot connect to beanstalkd at ${this.server}: ${describe(this.lastError)}`, { cause: this.lastError }));
-      };
-      this.client.once('connect', onConnect);
-      this.client.once('close', onFailure);
-      this.client.connect();
-      // Commands are small writes answered one by one: Nagle would delay each by a round trip.
-      this.client.stream?.setNoDelay(true);
-    });
-  }
-
-  get server(): string {
-    return `${this.address.host}:${this.address.port}`;
-  }
-
-  command(command: FivebeansCommand, args: unknown[], timeoutMs: number): Promise<unknown[]> {
-    if (!this.open) return Promise.reject(new BeanstalkError('DISCONNECTED', `not connected to beanstalkd at ${this.server}`));
-    return new Promise((resolve, reject) => {
-      let settled = false;
-      const entry: PendingCommand = {
-        command,
-        timeoutMs,
-        settle: (err, results) => {
-          if (settled) return;
-          settled = true;
-          if (entry.timer) clearTimeout(entry.timer);
-          const index = this.pending.indexOf(entry);
-          if (index >= 0) this.pending.splice(index, 1);
-          this.armOldest();
-          if (err) reject(err);
-          else resolve(results);
-        },
-      };
-      this.pending.push(entry);
-      this.armOldest();
-      sendFivebeans(this.client, command, args, (err, ...results) => {
-        entry.settle(err ? serverError(err, command) : null, results);
-      });
-    });
-  }
-
-  /** Closes the socket; pending commands reject with DISCONNECTED (or `reason`'s code for the oldest when it timed out). */
-  drop(reason?: unknown): Promise<void> {
-    if (reason !== undefined && this.lastError === undefined) this.lastError = reason;
-    // No new commands from here on, even before the socket reports 'close'.
-    this.isDropped = true;
-    this.client.stream?.destroy();
-    // Never connected sockets may already be gone without a 'close' still to come.
-    if (!this.client.stream) this.handleClose();
-    return this.closed;
-  }
-
-  private armOldest(): void {
-    const oldest = this.pending[0];
-    if (!oldest || oldest.timer) return;
-    oldest.timer = setTimeout(() => {
-      // Protocol state is unknown now (the reply may still come): the connection cannot be reused.
-      oldest.settle(new BeanstalkError('TIMEOUT', `beanstalkd did not answer ${oldest.command} within ${oldest.timeoutMs} ms`), []);
-      void this.drop(new BeanstalkError('TIMEOUT', `command ${oldest.command} timed out`));
-    }, oldest.timeoutMs);
-  }
-
-  private handleClose(): void {
-    if (this.isClosed) return;
-    this.isClosed = true;
-    const cause = this.lastError;
-    for (const entry of this.pending.splice(0)) {
-      entry.settle(new BeanstalkError('DISCONNECTED', `connection to beanstalkd at ${this.server} closed during ${entry.command}`, { cause }), []);
-    }
-    this.markClosed();
-    this.onClose(this, cause);
-  }
-}
-
-function describe(err: unknown): string {
-  if (err instanceof Error) return (err as NodeJS.ErrnoException).code ?? err.message;
-  return err === undefined ? 'connection closed' : String(err);
-}
-
-// ---------------------------------------------------------------------------------------
-// The client
 
 /**
  * Events: 'connect', 'disconnect' (err?). No 'error' event is ever emitted: failures become
@@ -393,23 +133,49 @@ export class BeanstalkClient extends EventEmitter {
     }
   }
 
+  /**
+   * Tube state (use/watch/ignore) is recorded before it is sent, so every later connection
+   * gets it even when this call rejects with DISCONNECTED or TIMEOUT. Only a refusal by the
+   * server (a reply word) undoes it.
+   */
   async use(tube: string): Promise<void> {
     checkTube(tube);
-    await this.run('use', [tube]);
+    const previous = this.usedTube;
     this.usedTube = tube;
+    try {
+      await this.run('use', [tube]);
+    } catch (err) {
+      if (refusedByServer(err) && this.usedTube === tube) this.usedTube = previous;
+      throw err;
+    }
   }
 
+  /** See use() for how tube state survives a rejection. */
   async watch(tube: string): Promise<void> {
     checkTube(tube);
-    await this.run('watch', [tube]);
+    const wasWatched = this.watchedTubes.has(tube);
     this.watchedTubes.add(tube);
+    try {
+      await this.run('watch', [tube]);
+    } catch (err) {
+      if (refusedByServer(err) && !wasWatched) this.watchedTubes.delete(tube);
+      throw err;
+    }
   }
 
-  /** Rejects with PROTOCOL (NOT_IGNORED) when it is the last watched tube. */
+  /** Rejects with PROTOCOL (reply NOT_IGNORED) when it is the last watched tube. See use() for how tube state survives a rejection. */
   async ignore(tube: string): Promise<void> {
     checkTube(tube);
-    await this.run('ignore', [tube]);
-    this.watchedTubes.delete(tube);
+    if (this.watchedTubes.size === 1 && this.watchedTubes.has(tube)) {
+      throw new BeanstalkError('PROTOCOL', `cannot ignore ${tube}, the only watched tube`, { reply: 'NOT_IGNORED' });
+    }
+    const wasWatched = this.watchedTubes.delete(tube);
+    try {
+      await this.run('ignore', [tube]);
+    } catch (err) {
+      if (refusedByServer(err) && wasWatched) this.watchedTubes.add(tube);
+      throw err;
+    }
   }
 
   /** Resolves with the new job's id. Rejects JOB_TOO_BIG, DRAINING, BURIED (it was stored, but buried). */
@@ -551,12 +317,21 @@ export class BeanstalkClient extends EventEmitter {
       this.settingUp = connection;
       try {
         await connection.start(this.connectTimeoutMs);
-        await this.applyTubeState(connection);
+        // use/watch/ignore may change the wanted state while we apply it: repeat until this
+        // connection matches, then take it over without an await in between.
+        let applied: TubeState = { used: 'default', watched: new Set(['default']) };
+        for (;;) {
+          const wanted: TubeState = { used: this.usedTube, watched: new Set(this.watchedTubes) };
+          const commands = this.tubeCommands(connection, applied, wanted);
+          if (commands.length === 0) break;
+          await Promise.all(commands);
+          applied = wanted;
+        }
       } catch (err) {
         await connection.drop();
         throw err instanceof BeanstalkError && err.code === 'DISCONNECTED'
           ? err
-          : new BeanstalkError('DISCONNECTED', `cannot set up connection to beanstalkd at ${this.server}: ${describe(err)}`, { cause: err });
+          : new BeanstalkError('DISCONNECTED', `cannot set up connection to beanstalkd at ${this.server}: ${describeCause(err)}`, { cause: err });
       }
       if (!this.active) {
         await connection.drop();
@@ -581,15 +356,15 @@ export class BeanstalkClient extends EventEmitter {
     return attempt;
   }
 
-  private async applyTubeState(connection: Connection): Promise<void> {
+  /** The commands that take a connection from `applied` to `wanted` tube state, pipelined. */
+  private tubeCommands(connection: Connection, applied: TubeState, wanted: TubeState): Array<Promise<unknown>> {
+    const send = (command: 'use' | 'watch' | 'ignore', tube: string): Promise<unknown> => connection.command(command, [tube], this.commandTimeoutMs);
     const commands: Array<Promise<unknown>> = [];
-    if (this.usedTube !== 'default') commands.push(connection.command('use', [this.usedTube], this.commandTimeoutMs));
-    for (const tube of this.watchedTubes) {
-      if (tube !== 'default') commands.push(connection.command('watch', [tube], this.commandTimeoutMs));
-    }
-    // Ignore last: beanstalkd refuses to ignore the only watched tube.
-    if (!this.watchedTubes.has('default')) commands.push(connection.command('ignore', ['default'], this.commandTimeoutMs));
-    await Promise.all(commands);
+    if (wanted.used !== applied.used) commands.push(send('use', wanted.used));
+    for (const tube of wanted.watched) if (!applied.watched.has(tube)) commands.push(send('watch', tube));
+    // Ignores go last: beanstalkd refuses to ignore the only watched tube.
+    for (const tube of applied.watched) if (!wanted.watched.has(tube)) commands.push(send('ignore', tube));
+    return commands;
   }
 
   private handleClose(connection: Connection, cause: unknown): void {

@@ -249,6 +249,22 @@ describe('BeanstalkClient when beanstalkd goes away', () => {
     assert.match(await client.put(Buffer.from('x')), /^[0-9]+$/);
   });
 
+  test('use, watch and ignore called while disconnected reject, and are applied once the client connects', TEST_TIMEOUT, async (t) => {
+    const port = await freePort();
+    const client = new BeanstalkClient({ host: '127.0.0.1', port });
+    t.after(() => client.close());
+    await rejectionOf(client.connect());
+
+    assert.equal((await rejectionOf(client.use('mail'))).code, 'DISCONNECTED');
+    assert.equal((await rejectionOf(client.watch('mail'))).code, 'DISCONNECTED');
+    assert.equal((await rejectionOf(client.ignore('default'))).code, 'DISCONNECTED');
+    await beanstalkdFor(t, { port });
+    await waitFor(() => client.connected, { what: 'the client to connect in the background' });
+
+    assert.equal(await client.listTubeUsed(), 'mail');
+    assert.deepEqual(await client.listTubesWatched(), ['mail']);
+  });
+
   test('no unhandled error or rejection escapes while the server vanishes with commands in flight', TEST_TIMEOUT, async (t) => {
     const escaped: unknown[] = [];
     const record = (err: unknown): void => {
