@@ -1,0 +1,122 @@
+import { describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+import { failedJobSchema, outboundJobSchema, type OutboundJob } from '../../shared/job.ts';
+import type { RecipientResult } from '../../worker/deliver.ts';
+import { retryDelaySeconds, settle } from '../../worker/settle.ts';
+
+const HOUR = 3_600_000;
+const received = 1_700_000_000_000;
+const policy = { delaysSeconds: [300, 900, 3600], maxLifetimeSeconds: 5 * 24 * 3600 };
+
+function job(overrides: Partial<OutboundJob> = {}): OutboundJob {
+  return {
+    v: 1,
+    id: 'msg-1',
+    fqdn: 'app1.example.com',
+    mailfrom: 'sender@example.com',
+    rcpttos: ['a@one.test', 'b@one.test', 'c@two.test'],
+    data: Buffer.from('Subject: x\r\n\r\nhello\r\n').toString('base64'),
+    receivedAt: received,
+    attempts: 0,
+    ...overrides,
+  };
+}
+
+const delivered = (recipient: string): RecipientResult => ({ recipient, outcome: 'delivered', greylisted: false, responseCode: 250, response: '250 OK', mx: 'mx.one.test' });
+const bounced = (recipient: string): RecipientResult => ({
+  recipient,
+  outcome: 'bounced',
+  greylisted: false,
+  responseCode: 550,
+  enhancedCode: '5.1.1',
+  response: '550 5.1.1 no such user',
+  mx: 'mx.one.test',
+});
+const deferred = (recipient: string, greylisted = false): RecipientResult => ({
+  recipient,
+  outcome: 'deferred',
+  greylisted,
+  responseCode: 450,
+  enhancedCode: greylisted ? '4.2.0' : '4.2.1',
+  response: greylisted ? '450 4.2.0 greylisted' : '450 4.2.1 busy',
+  mx: 'mx.two.test',
+});
+
+describe('settle', () => {
+  it('all delivered: nothing to put, the job can be deleted', () => {
+    const s = settle(job(), ['a@one.test', 'b@one.test', 'c@two.test'].map(delivered), { policy, attemptStartedAt: received, now: received + 1000 });
+    assert.equal(s.delivered.length, 3);
+    assert.equal(s.failedJob, null);
+    assert.equal(s.retry, null);
+  });
+
+  it('a bounced recipient goes to the failed tube with its reason; the job holds only failed recipients', () => {
+    const s = settle(job(), [delivered('a@one.test'), bounced('b@one.test'), delivered('c@two.test')], { policy, attemptStartedAt: received + 10, now: received + 20 });
+    assert.equal(s.retry, null);
+    assert.ok(s.failedJob);
+    failedJobSchema.parse(s.failedJob);
+    assert.deepEqual(s.failedJob.job.rcpttos, ['b@one.test']);
+    assert.deepEqual(s.failedJob.failures, [
+      {
+        recipient: 'b@one.test',
+        outcome: 'bounced',
+        responseCode: 550,
+        enhancedCode: '5.1.1',
+        response: '550 5.1.1 no such user',
+        mx: 'mx.one.test',
+        attempts: 1,
+        firstAttemptAt: received + 10,
+        lastAttemptAt: received + 10,
+      },
+    ]);
+    assert.equal(s.failedJob.failedAt, received + 20);
+  });
+
+  it('deferred recipients get a new job with attempts + 1 and the delay from the schedule', () => {
+    const s = settle(job({ attempts: 1, firstAttemptAt: received }), [delivered('a@one.test'), delivered('b@one.test'), deferred('c@two.test')], {
+      policy,
+      attemptStartedAt: received + HOUR,
+      now: received + HOUR,
+    });
+    assert.ok(s.retry);
+    outboundJobSchema.parse(s.retry.job);
+    assert.deepEqual(s.retry.job.rcpttos, ['c@two.test']);
+    assert.equal(s.retry.job.id, 'msg-1', 'the message keeps its id across attempts');
+    assert.equal(s.retry.job.attempts, 2);
+    assert.equal(s.retry.job.firstAttemptAt, received);
+    assert.equal(s.retry.job.lastAttemptAt, received + HOUR);
+    assert.equal(s.retry.job.data, job().data);
+    assert.equal(s.retry.delaySeconds, 900);
+  });
+
+  it('the last delay of the schedule repeats', () => {
+    assert.equal(retryDelaySeconds(policy, 0, false), 300);
+    assert.equal(retryDelaySeconds(policy, 2, false), 3600);
+    assert.equal(retryDelaySeconds(policy, 17, false), 3600);
+  });
+
+  it('greylisting gets the first, short delay whatever the attempt number', () => {
+    const s = settle(job({ attempts: 4 }), [deferred('a@one.test', true)], { policy, attemptStartedAt: received + HOUR, now: received + HOUR });
+    assert.equal(s.retry?.delaySeconds, 300);
+    assert.equal(s.retry?.greylisted, true);
+  });
+
+  it('past the maximum lifetime, deferred recipients expire into the failed tube', () => {
+    const late = received + policy.maxLifetimeSeconds * 1000 + 1;
+    const s = settle(job({ attempts: 30, firstAttemptAt: received }), [bounced('a@one.test'), deferred('c@two.test')], { policy, attemptStartedAt: late, now: late });
+    assert.equal(s.retry, null);
+    assert.deepEqual(
+      s.failedJob?.failures.map((f) => [f.recipient, f.outcome, f.attempts]),
+      [
+        ['a@one.test', 'bounced', 31],
+        ['c@two.test', 'expired', 31],
+      ],
+    );
+  });
+
+  it('never schedules a retry after the end of the lifetime', () => {
+    const nearlyOver = received + policy.maxLifetimeSeconds * 1000 - 60_000;
+    const s = settle(job({ attempts: 9 }), [deferred('c@two.test')], { policy, attemptStartedAt: nearlyOver, now: nearlyOver });
+    assert.equal(s.retry?.delaySeconds, 60);
+  });
+});

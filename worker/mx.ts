@@ -1,0 +1,197 @@
+import { promises as dns, type MxRecord } from 'node:dns';
+import { isIP } from 'node:net';
+import { parseHostPort } from '../shared/config.ts';
+import { errorCode } from '../shared/errors.ts';
+import { isPrivateAddress } from './private-address.ts';
+
+/**
+ * Where mail for a domain goes: a static route, else its MX hosts (RFC 5321 §5.1), else
+ * the domain's own address records (implicit MX). Host names are resolved through the
+ * same configured resolver, so the SMTP client only ever gets IP addresses and never
+ * falls back to the system resolver.
+ */
+
+export interface MxHost {
+  /** MX host name (or the route's host, or the domain itself for an implicit MX). */
+  name: string;
+  preference: number;
+  /** IPv4 first, then IPv6: many hosts (containers especially) have no working IPv6 route. */
+  addresses: string[];
+  port: number;
+}
+
+export type Destination =
+  | { ok: true; hosts: MxHost[] }
+  | { ok: false; temporary: boolean; code: number; enhanced: string; message: string };
+
+export interface MxResolverOptions {
+  /** 'ip' or 'ip:port'; empty means the system's resolvers. */
+  servers: string[];
+  timeoutMs: number;
+  /** domain (lower case) -> 'host:port' */
+  routes: Record<string, string>;
+  smtpPort: number;
+  allowPrivateAddresses: boolean;
+  /** Upper bound for caching a destination; 0 (the default) disables the cache. */
+  cacheMaxSeconds?: number;
+  /** For tests: the tie-breaking shuffle of equal preferences. */
+  random?: () => number;
+  now?: () => number;
+}
+
+export interface MxResolver {
+  resolveDestination(domain: string): Promise<Destination>;
+}
+
+const MAX_CACHED_DOMAINS = 10_000;
+
+type LookupFailure = 'nxdomain' | 'nodata' | 'temporary';
+
+interface AddressLookup {
+  addresses: string[];
+  /** Smallest TTL among the answers, seconds. */
+  ttl: number;
+  failure?: { kind: LookupFailure; code: string };
+}
+
+function failureKind(err: unknown): LookupFailure {
+  const code = errorCode(err);
+  if (code === dns.NOTFOUND) return 'nxdomain';
+  if (code === dns.NODATA) return 'nodata';
+  // SERVFAIL, TIMEOUT, REFUSED, CONNREFUSED, bad responses: someone else's outage, try later.
+  return 'temporary';
+}
+
+const fail = {
+  temporary: (message: string): Destination => ({ ok: false, temporary: true, code: 451, enhanced: '4.4.3', message }),
+  noSuchDomain: (message: string): Destination => ({ ok: false, temporary: false, code: 550, enhanced: '5.1.2', message }),
+  nullMx: (domain: string): Destination => ({
+    ok: false,
+    temporary: false,
+    code: 556,
+    enhanced: '5.1.10',
+    message: `${domain} does not accept mail (null MX, RFC 7505)`,
+  }),
+  unroutable: (message: string): Destination => ({ ok: false, temporary: false, code: 554, enhanced: '5.4.4', message }),
+};
+
+function shuffleEqualPreferences<T extends { preference: number }>(records: T[], random: () => number): T[] {
+  const shuffled = [...records];
+  for (let i = shuffled.length - 1; i > 0; i--) {
+    const j = Math.floor(random() * (i + 1));
+    [shuffled[i], shuffled[j]] = [shuffled[j]!, shuffled[i]!];
+  }
+  // Array.prototype.sort is stable: the shuffle survives among equal preferences.
+  return shuffled.sort((a, b) => a.preference - b.preference);
+}
+
+export function createMxResolver(options: MxResolverOptions): MxResolver {
+  // c-ares doubles the timeout on each try: two tries of t and 2t fit in timeoutMs.
+  const resolver = new dns.Resolver({ timeout: Math.max(50, Math.floor(options.timeoutMs / 3)), tries: 2 });
+  if (options.servers.length > 0) resolver.setServers(options.servers);
+  const random = options.random ?? Math.random;
+  const now = options.now ?? Date.now;
+  const cacheMaxMs = (options.cacheMaxSeconds ?? 0) * 1000;
+  const cache = new Map<string, { destination: Destination; expiresAt: number }>();
+
+  async function lookupAddresses(name: string): Promise<AddressLookup> {
+    const [v4, v6] = await Promise.allSettled([resolver.resolve4(name, { ttl: true }), resolver.resolve6(name, { ttl: true })]);
+    const answers = [...(v4.status === 'fulfilled' ? v4.value : []), ...(v6.status === 'fulfilled' ? v6.value : [])];
+    if (answers.length > 0) {
+      return { addresses: answers.map((a) => a.address), ttl: Math.min(...answers.map((a) => a.ttl)) };
+    }
+    const kinds = [v4, v6].map((r) => (r.status === 'rejected' ? { kind: failureKind(r.reason), code: errorCode(r.reason) ?? 'EUNKNOWN' } : undefined));
+    const failure = kinds.find((k) => k?.kind === 'temporary') ?? kinds.find((k) => k?.kind === 'nxdomain') ?? { kind: 'nodata' as const, code: dns.NODATA };
+    return { addresses: [], ttl: 0, failure: failure! };
+  }
+
+  /** Drops addresses the private-address rule forbids; fails when nothing is left. */
+  function publicOnly(hosts: MxHost[], domain: string): Destination {
+    if (options.allowPrivateAddresses) return { ok: true, hosts };
+    const allowed = hosts
+      .map((host) => ({ ...host, addresses: host.addresses.filter((address) => !isPrivateAddress(address)) }))
+      .filter((host) => host.addresses.length > 0);
+    if (allowed.length === 0) return fail.unroutable(`refusing private address for ${domain} (${hosts.map((h) => h.addresses.join(' ')).join(', ')})`);
+    return { ok: true, hosts: allowed };
+  }
+
+  async function viaRoute(domain: string, route: string): Promise<Destination> {
+    const { host, port } = parseHostPort(route, options.smtpPort);
+    // An operator-configured route may point at an internal relay: the private-address rule
+    // guards against what DNS says, not against the configuration.
+    if (isIP(host) !== 0) return { ok: true, hosts: [{ name: host, preference: 0, addresses: [host], port }] };
+    const found = await lookupAddresses(host);
+    if (found.failure) {
+      if (found.failure.kind === 'temporary') return fail.temporary(`route for ${domain}: lookup of ${host} failed (${found.failure.code})`);
+      return fail.unroutable(`route for ${domain}: ${host} has no address`);
+    }
+    return { ok: true, hosts: [{ name: host, preference: 0, addresses: found.addresses, port }] };
+  }
+
+  async function viaDns(domain: string): Promise<{ destination: Destination; ttl: number }> {
+    let records: MxRecord[];
+    try {
+      records = await resolver.resolveMx(domain);
+    } catch (err) {
+      const kind = failureKind(err);
+      if (kind === 'nxdomain') return { destination: fail.noSuchDomain(`${domain}: no such domain (NXDOMAIN)`), ttl: 0 };
+      if (kind === 'temporary') return { destination: fail.temporary(`MX lookup for ${domain} failed (${errorCode(err)})`), ttl: 0 };
+      // No MX records: the domain itself is the mail host (RFC 5321 §5.1 implicit MX).
+      const implicit = await lookupAddresses(domain);
+      if (implicit.failure?.kind === 'temporary') {
+        return { destination: fail.temporary(`address lookup for ${domain} failed (${implicit.failure.code})`), ttl: 0 };
+      }
+      if (implicit.failure) return { destination: fail.noSuchDomain(`${domain} has neither MX nor address records`), ttl: 0 };
+      const host = { name: domain, preference: 0, addresses: implicit.addresses, port: options.smtpPort };
+      return { destination: publicOnly([host], domain), ttl: implicit.ttl };
+    }
+
+    if (records.some((r) => r.exchange === '' || r.exchange === '.')) return { destination: fail.nullMx(domain), ttl: 0 };
+
+    const ordered = shuffleEqualPreferences(
+      records.map((r) => ({ name: r.exchange.toLowerCase(), preference: r.priority })),
+      random,
+    );
+    const lookups = await Promise.all(ordered.map((mx) => lookupAddresses(mx.name)));
+    const hosts: MxHost[] = [];
+    const failures: string[] = [];
+    let temporaryFailure = false;
+    for (const [i, mx] of ordered.entries()) {
+      const found = lookups[i]!;
+      if (found.failure) {
+        failures.push(`${mx.name}: ${found.failure.code}`);
+        temporaryFailure ||= found.failure.kind === 'temporary';
+      } else {
+        hosts.push({ ...mx, addresses: found.addresses, port: options.smtpPort });
+      }
+    }
+    if (hosts.length === 0) {
+      const detail = `no address for any MX host of ${domain} (${failures.join(', ')})`;
+      return { destination: temporaryFailure ? fail.temporary(detail) : fail.unroutable(detail), ttl: 0 };
+    }
+    const ttl = Math.min(...lookups.filter((l) => !l.failure).map((l) => l.ttl));
+    return { destination: publicOnly(hosts, domain), ttl };
+  }
+
+  return {
+    async resolveDestination(rawDomain: string): Promise<Destination> {
+      const domain = rawDomain.toLowerCase();
+      const route = options.routes[domain];
+      if (route !== undefined) return viaRoute(domain, route);
+
+      const cached = cache.get(domain);
+      if (cached && cached.expiresAt > now()) {
+        const { destination } = cached;
+        // Re-shuffle so equal-preference hosts share the load while the answer is cached.
+        return destination.ok ? { ok: true, hosts: shuffleEqualPreferences(destination.hosts, random) } : destination;
+      }
+      cache.delete(domain);
+
+      const { destination, ttl } = await viaDns(domain);
+      const keepMs = Math.min(ttl * 1000, cacheMaxMs);
+      if (cache.size >= MAX_CACHED_DOMAINS) cache.clear();
+      if (destination.ok && keepMs > 0) cache.set(domain, { destination, expiresAt: now() + keepMs });
+      return destination;
+    },
+  };
+}

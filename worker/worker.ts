@@ -1,0 +1,191 @@
+import type { BeanstalkClient, ReservedJob } from '../shared/beanstalk.ts';
+import { domainOf } from '../shared/address.ts';
+import { errorCode, errorMessage } from '../shared/errors.ts';
+import { decodeOutboundJob, encodeJob, type OutboundJob } from '../shared/job.ts';
+import type { Logger } from '../shared/logger.ts';
+import type { Deliverer, RecipientResult } from './deliver.ts';
+import type { WorkerMetrics } from './metrics.ts';
+import type { MxResolver } from './mx.ts';
+import { settle, type RetryPolicy, type Settlement } from './settle.ts';
+
+/**
+ * The life of one reserved job: decode, deliver to every destination domain, then hand
+ * the outcome back to beanstalkd. A job is deleted only after every recipient has either
+ * been delivered or been written into a new job (retry) or the failed tube: put before
+ * delete, so a crash in between repeats a delivery rather than losing one (at-least-once).
+ */
+
+export interface WorkerDeps {
+  resolver: MxResolver;
+  deliverer: Deliverer;
+  metrics: WorkerMetrics;
+  logger: Logger;
+  policy: RetryPolicy;
+  tubes: { outbound: string; failed: string };
+  /** TTR of the jobs the worker puts (retries, failures). */
+  ttrSeconds: number;
+  now?: () => number;
+}
+
+const RESERVE_TIMEOUT_SECONDS = 1;
+const RESERVE_ERROR_PAUSE_MS = 500;
+const FALLBACK_TTR_SECONDS = 120;
+
+/** Delivers one attempt for every recipient: one transaction per domain, domains in parallel. */
+export async function attemptDelivery(job: OutboundJob, raw: Buffer, deps: WorkerDeps): Promise<RecipientResult[]> {
+  const byDomain = new Map<string, string[]>();
+  for (const recipient of job.rcpttos) {
+    const domain = domainOf(recipient);
+    byDomain.set(domain, [...(byDomain.get(domain) ?? []), recipient]);
+  }
+  const perDomain = await Promise.all(
+    [...byDomain].map(async ([domain, recipients]): Promise<RecipientResult[]> => {
+      const endTimer = deps.metrics.deliveryDuration.startTimer();
+      try {
+        const destination = await deps.resolver.resolveDestination(domain);
+        if (!destination.ok) {
+          deps.logger.info({ event: 'attempt', messageId: job.id, domain, stage: 'dns', response: destination.message });
+          return recipients.map((recipient) => ({
+            recipient,
+            outcome: destination.temporary ? 'deferred' : 'bounced',
+            greylisted: false,
+            responseCode: destination.code,
+            enhancedCode: destination.enhanced,
+            response: `${destination.code} ${destination.enhanced} ${destination.message}`,
+          }));
+        }
+        return await deps.deliverer.deliver({ messageId: job.id, domain, from: job.mailfrom, recipients, raw, hosts: destination.hosts });
+      } catch (err) {
+        // A bug or an unexpected library error: retry later rather than lose the recipients.
+        deps.logger.error({ event: 'delivery_error', messageId: job.id, domain, err }, 'unexpected delivery error');
+        return recipients.map((recipient) => ({ recipient, outcome: 'deferred', greylisted: false, response: `internal error: ${errorMessage(err)}` }));
+      } finally {
+        endTimer();
+      }
+    }),
+  );
+  return perDomain.flat();
+}
+
+function logSettlement(job: OutboundJob, settlement: Settlement, deps: WorkerDeps, now: number): void {
+  const base = { messageId: job.id, attempts: job.attempts + 1 };
+  const describe = (r: RecipientResult) => ({ recipient: r.recipient, domain: domainOf(r.recipient), mx: r.mx, response: r.response });
+  for (const r of settlement.delivered) deps.logger.info({ event: 'delivered', ...base, ...describe(r) });
+  for (const r of settlement.bounced) deps.logger.warn({ event: 'bounced', ...base, ...describe(r) });
+  for (const r of settlement.expired) deps.logger.warn({ event: 'expired', ...base, ...describe(r) });
+  if (settlement.retry) {
+    const nextAttemptAt = new Date(now + settlement.retry.delaySeconds * 1000).toISOString();
+    for (const r of settlement.retry.recipients) {
+      deps.logger.info({ event: 'deferred', ...base, ...describe(r), greylisted: r.greylisted, nextAttemptAt });
+    }
+  }
+  deps.metrics.deliveries.inc({ outcome: 'delivered' }, settlement.delivered.length);
+  deps.metrics.deliveries.inc({ outcome: 'bounced' }, settlement.bounced.length);
+  deps.metrics.deliveries.inc({ outcome: 'expired' }, settlement.expired.length);
+  deps.metrics.deliveries.inc({ outcome: 'deferred' }, settlement.retry?.recipients.length ?? 0);
+}
+
+async function putInto(client: BeanstalkClient, tube: string, payload: Buffer, options: { delaySeconds?: number; ttrSeconds: number }): Promise<string> {
+  // Safe without locking: a reserve loop owns its client and does one thing at a time.
+  if (client.tubeUsed !== tube) await client.use(tube);
+  return client.put(payload, options);
+}
+
+/** Touches the job at half its TTR so a long SMTP transaction never lets it go back to ready. */
+async function keepReserved(client: BeanstalkClient, reserved: ReservedJob, logger: Logger): Promise<() => void> {
+  let ttrSeconds = FALLBACK_TTR_SECONDS;
+  try {
+    ttrSeconds = Number((await client.statsJob(reserved.id)).ttr) || FALLBACK_TTR_SECONDS;
+  } catch (err) {
+    logger.warn({ event: 'stats_job_failed', jobId: reserved.id, code: errorCode(err) }, 'cannot read the job TTR; touching on a fallback interval');
+  }
+  const timer = setInterval(
+    () => {
+      reserved.touch().catch((err: unknown) => logger.warn({ event: 'touch_failed', jobId: reserved.id, code: errorCode(err) }));
+    },
+    Math.max(250, (ttrSeconds * 1000) / 2),
+  );
+  return () => clearInterval(timer);
+}
+
+export async function handleReservedJob(client: BeanstalkClient, reserved: ReservedJob, deps: WorkerDeps): Promise<void> {
+  const now = deps.now ?? Date.now;
+  let job: OutboundJob;
+  try {
+    job = decodeOutboundJob(reserved.payload);
+  } catch (err) {
+    // Never delete what we cannot read: bury it for an operator (peek-buried, kick).
+    deps.logger.error(
+      { event: 'undecodable_job', jobId: reserved.id, server: reserved.server, bytes: reserved.payload.length, reason: errorMessage(err).slice(0, 500) },
+      'job cannot be decoded; buried',
+    );
+    deps.metrics.buriedJobs.inc();
+    await reserved.bury();
+    return;
+  }
+
+  const stopKeeping = await keepReserved(client, reserved, deps.logger);
+  let settlement: Settlement;
+  try {
+    const attemptStartedAt = now();
+    const raw = Buffer.from(job.data, 'base64');
+    const results = await attemptDelivery(job, raw, deps);
+    settlement = settle(job, results, { policy: deps.policy, attemptStartedAt, now: now() });
+
+    if (settlement.failedJob) await putInto(client, deps.tubes.failed, encodeJob(settlement.failedJob), { ttrSeconds: deps.ttrSeconds });
+    if (settlement.retry) {
+      await putInto(client, deps.tubes.outbound, encodeJob(settlement.retry.job), {
+        delaySeconds: settlement.retry.delaySeconds,
+        ttrSeconds: deps.ttrSeconds,
+      });
+    }
+    await reserved.delete();
+  } catch (err) {
+    // Putting the outcome failed (beanstalkd gone?): the old job must stay. If the connection is
+    // gone it is back in ready already; otherwise release it to be tried again shortly.
+    deps.logger.error({ event: 'settle_failed', messageId: job.id, jobId: reserved.id, code: errorCode(err), err }, 'could not record the outcome; job stays queued');
+    await reserved.release({ delaySeconds: deps.policy.delaysSeconds[0] }).catch(() => undefined);
+    return;
+  } finally {
+    stopKeeping();
+  }
+  logSettlement(job, settlement, deps, now());
+}
+
+function pause(ms: number, signal: AbortSignal): Promise<void> {
+  return new Promise((resolve) => {
+    const timer = setTimeout(done, ms);
+    function done() {
+      clearTimeout(timer);
+      signal.removeEventListener('abort', done);
+      resolve();
+    }
+    signal.addEventListener('abort', done, { once: true });
+  });
+}
+
+/**
+ * Reserves and handles jobs one at a time on its own connection (job commands must use the
+ * reserving connection, and a pending reserve blocks it) until `stopping` is aborted. The
+ * 1-second reserve timeout is what lets it notice.
+ */
+export async function runReserveLoop(client: BeanstalkClient, deps: WorkerDeps, stopping: AbortSignal): Promise<void> {
+  const log = deps.logger.child({ server: client.server });
+  let watching = false;
+  while (!stopping.aborted) {
+    try {
+      if (!watching) {
+        await client.connect();
+        await client.watch(deps.tubes.outbound);
+        if (deps.tubes.outbound !== 'default') await client.ignore('default');
+        watching = true; // the client re-applies its watch list after reconnects
+      }
+      const reserved = await client.reserve(RESERVE_TIMEOUT_SECONDS);
+      if (reserved) await handleReservedJob(client, reserved, deps);
+    } catch (err) {
+      if (stopping.aborted) break;
+      log.warn({ event: 'reserve_failed', code: errorCode(err) ?? 'UNKNOWN', message: errorMessage(err) }, 'beanstalkd unavailable; retrying');
+      await pause(RESERVE_ERROR_PAUSE_MS, stopping);
+    }
+  }
+}
