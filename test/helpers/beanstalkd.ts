@@ -34,13 +34,23 @@ export interface BeanstalkdProcess {
 
 const host = '127.0.0.1';
 
-async function portOpen(port: number): Promise<boolean> {
+/** The pid beanstalkd reports in `stats` on this port, or undefined when nothing answers. */
+async function pidServing(port: number): Promise<number | undefined> {
   return new Promise((resolve) => {
-    const socket = connect({ host, port }, () => {
+    let reply = '';
+    const socket = connect({ host, port }, () => socket.write('stats\r\n'));
+    const finish = (pid: number | undefined): void => {
       socket.destroy();
-      resolve(true);
+      resolve(pid);
+    };
+    socket.setTimeout(2000, () => finish(undefined));
+    socket.on('data', (chunk: Buffer) => {
+      reply += chunk.toString('latin1');
+      const match = /\npid: (\d+)\n/.exec(reply);
+      if (match) finish(Number(match[1]));
     });
-    socket.once('error', () => resolve(false));
+    socket.once('error', () => finish(undefined));
+    socket.once('close', () => finish(undefined));
   });
 }
 
@@ -74,11 +84,11 @@ export async function startBeanstalkd(options: BeanstalkdOptions = {}): Promise<
       stderr += chunk.toString();
     });
     try {
-      // A just-killed predecessor may still hold the port for a moment: retry until ours answers.
+      // Ready when *this* process answers on the port, not some other listener or a predecessor.
       await waitFor(
         async () => {
           if (!running) throw new Error(`beanstalkd exited: ${stderr.trim()}`);
-          return portOpen(port);
+          return (await pidServing(port)) === proc.pid;
         },
         { timeoutMs: 10_000, intervalMs: 25, what: `beanstalkd on ${host}:${port}` },
       );
