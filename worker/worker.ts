@@ -28,7 +28,9 @@ export interface WorkerDeps {
 }
 
 const RESERVE_TIMEOUT_SECONDS = 1;
-const RESERVE_ERROR_PAUSE_MS = 500;
+const RESERVE_ERROR_PAUSE_MS = 250;
+const RESERVE_ERROR_PAUSE_MAX_MS = 5_000;
+const RESERVE_WARN_INTERVAL_MS = 60_000;
 const FALLBACK_TTR_SECONDS = 120;
 
 /** Delivers one attempt for every recipient: one transaction per domain, domains in parallel. */
@@ -67,16 +69,16 @@ export async function attemptDelivery(job: OutboundJob, raw: Buffer, deps: Worke
   return perDomain.flat();
 }
 
-function logSettlement(job: OutboundJob, settlement: Settlement, deps: WorkerDeps, now: number): void {
-  const base = { messageId: job.id, attempts: job.attempts + 1 };
+function logSettlement(job: OutboundJob, settlement: Settlement, deps: WorkerDeps, now: number, putIds: { jobId: string; failedJobId?: string; retryJobId?: string }): void {
+  const base = { messageId: job.id, jobId: putIds.jobId, attempts: job.attempts + 1 };
   const describe = (r: RecipientResult) => ({ recipient: r.recipient, domain: domainOf(r.recipient), mx: r.mx, response: r.response });
   for (const r of settlement.delivered) deps.logger.info({ event: 'delivered', ...base, ...describe(r) });
-  for (const r of settlement.bounced) deps.logger.warn({ event: 'bounced', ...base, ...describe(r) });
-  for (const r of settlement.expired) deps.logger.warn({ event: 'expired', ...base, ...describe(r) });
+  for (const r of settlement.bounced) deps.logger.warn({ event: 'bounced', ...base, ...describe(r), failedJobId: putIds.failedJobId });
+  for (const r of settlement.expired) deps.logger.warn({ event: 'expired', ...base, ...describe(r), failedJobId: putIds.failedJobId });
   if (settlement.retry) {
     const nextAttemptAt = new Date(now + settlement.retry.delaySeconds * 1000).toISOString();
     for (const r of settlement.retry.recipients) {
-      deps.logger.info({ event: 'deferred', ...base, ...describe(r), greylisted: r.greylisted, nextAttemptAt });
+      deps.logger.info({ event: 'deferred', ...base, ...describe(r), greylisted: r.greylisted, nextAttemptAt, retryJobId: putIds.retryJobId });
     }
   }
   deps.metrics.deliveries.inc({ outcome: 'delivered' }, settlement.delivered.length);
@@ -126,15 +128,18 @@ export async function handleReservedJob(client: BeanstalkClient, reserved: Reser
 
   const stopKeeping = await keepReserved(client, reserved, deps.logger);
   let settlement: Settlement;
+  const putIds: { jobId: string; failedJobId?: string; retryJobId?: string } = { jobId: reserved.id };
   try {
     const attemptStartedAt = now();
     const raw = Buffer.from(job.data, 'base64');
     const results = await attemptDelivery(job, raw, deps);
     settlement = settle(job, results, { policy: deps.policy, attemptStartedAt, now: now() });
 
-    if (settlement.failedJob) await putInto(client, deps.tubes.failed, encodeJob(settlement.failedJob), { ttrSeconds: deps.ttrSeconds });
+    if (settlement.failedJob) {
+      putIds.failedJobId = await putInto(client, deps.tubes.failed, encodeJob(settlement.failedJob), { ttrSeconds: deps.ttrSeconds });
+    }
     if (settlement.retry) {
-      await putInto(client, deps.tubes.outbound, encodeJob(settlement.retry.job), {
+      putIds.retryJobId = await putInto(client, deps.tubes.outbound, encodeJob(settlement.retry.job), {
         delaySeconds: settlement.retry.delaySeconds,
         ttrSeconds: deps.ttrSeconds,
       });
@@ -149,7 +154,7 @@ export async function handleReservedJob(client: BeanstalkClient, reserved: Reser
   } finally {
     stopKeeping();
   }
-  logSettlement(job, settlement, deps, now());
+  logSettlement(job, settlement, deps, now(), putIds);
 }
 
 function pause(ms: number, signal: AbortSignal): Promise<void> {
@@ -172,6 +177,8 @@ function pause(ms: number, signal: AbortSignal): Promise<void> {
 export async function runReserveLoop(client: BeanstalkClient, deps: WorkerDeps, stopping: AbortSignal): Promise<void> {
   const log = deps.logger.child({ server: client.server });
   let watching = false;
+  let pauseMs = RESERVE_ERROR_PAUSE_MS;
+  let lastWarnedAt = 0;
   while (!stopping.aborted) {
     try {
       if (!watching) {
@@ -181,11 +188,19 @@ export async function runReserveLoop(client: BeanstalkClient, deps: WorkerDeps, 
         watching = true; // the client re-applies its watch list after reconnects
       }
       const reserved = await client.reserve(RESERVE_TIMEOUT_SECONDS);
+      if (lastWarnedAt !== 0) log.info({ event: 'reserve_recovered' }, 'beanstalkd reachable again');
+      lastWarnedAt = 0;
+      pauseMs = RESERVE_ERROR_PAUSE_MS;
       if (reserved) await handleReservedJob(client, reserved, deps);
     } catch (err) {
       if (stopping.aborted) break;
-      log.warn({ event: 'reserve_failed', code: errorCode(err) ?? 'UNKNOWN', message: errorMessage(err) }, 'beanstalkd unavailable; retrying');
-      await pause(RESERVE_ERROR_PAUSE_MS, stopping);
+      // One line when the outage starts and then one a minute, not one per retry.
+      if (Date.now() - lastWarnedAt >= RESERVE_WARN_INTERVAL_MS) {
+        log.warn({ event: 'reserve_failed', code: errorCode(err) ?? 'UNKNOWN', message: errorMessage(err) }, 'beanstalkd unavailable; retrying');
+        lastWarnedAt = Date.now();
+      }
+      await pause(pauseMs, stopping);
+      pauseMs = Math.min(pauseMs * 2, RESERVE_ERROR_PAUSE_MAX_MS);
     }
   }
 }
