@@ -93,7 +93,8 @@ export const workerConfigSchema = z
   .superRefine((config, ctx) => {
     for (const [domain, route] of Object.entries(config.routes)) {
       try {
-        parseHostPort(route, config.smtpPort);
+        const { port } = parseHostPort(route, config.smtpPort);
+        if (port < 1 || port > 65535) throw new Error('port out of range');
       } catch {
         ctx.addIssue({ code: 'custom', path: ['routes', domain], message: `not a host[:port]: ${route}` });
       }

@@ -110,6 +110,14 @@ async function keepReserved(client: BeanstalkClient, reserved: ReservedJob, logg
   return () => clearInterval(timer);
 }
 
+/** Why a payload is not a job, without quoting it: JSON.parse messages echo the input. */
+function undecodableReason(err: unknown): string {
+  if (err instanceof SyntaxError) return 'not JSON';
+  const issues = (err as { issues?: Array<{ path?: PropertyKey[]; message?: string }> }).issues;
+  if (Array.isArray(issues)) return issues.slice(0, 5).map((i) => `${(i.path ?? []).map(String).join('.') || '(root)'}: ${i.message}`).join('; ');
+  return errorCode(err) ?? 'unknown';
+}
+
 export async function handleReservedJob(client: BeanstalkClient, reserved: ReservedJob, deps: WorkerDeps): Promise<void> {
   const now = deps.now ?? Date.now;
   let job: OutboundJob;
@@ -118,7 +126,7 @@ export async function handleReservedJob(client: BeanstalkClient, reserved: Reser
   } catch (err) {
     // Never delete what we cannot read: bury it for an operator (peek-buried, kick).
     deps.logger.error(
-      { event: 'undecodable_job', jobId: reserved.id, server: reserved.server, bytes: reserved.payload.length, reason: errorMessage(err).slice(0, 500) },
+      { event: 'undecodable_job', jobId: reserved.id, server: reserved.server, bytes: reserved.payload.length, reason: undecodableReason(err) },
       'job cannot be decoded; buried',
     );
     deps.metrics.buriedJobs.inc();

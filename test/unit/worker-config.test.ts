@@ -1,0 +1,45 @@
+import { describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+import { hostname } from 'node:os';
+import { loadConfig } from '../../shared/config.ts';
+import { TUBE } from '../../shared/job.ts';
+import { workerConfigSchema } from '../../worker/config.ts';
+
+const load = (env: NodeJS.ProcessEnv) => loadConfig(workerConfigSchema, { envPrefix: 'WORKER', env });
+
+describe('worker config', () => {
+  it('has safe defaults', () => {
+    const config = load({});
+    assert.deepEqual(config.beanstalk, { servers: [{ host: '127.0.0.1', port: 11300 }], tube: TUBE.outbound, failedTube: TUBE.failed });
+    assert.equal(config.concurrency, 4);
+    assert.equal(config.ehloName, hostname());
+    assert.deepEqual(config.dns, { servers: [], timeoutMs: 5000, cacheMaxSeconds: 300 });
+    assert.deepEqual(config.routes, {});
+    assert.equal(config.smtpPort, 25);
+    assert.equal(config.allowPrivateAddresses, false, 'never deliver to private addresses unless told to');
+    assert.deepEqual(config.timeouts, { connectMs: 30_000, greetingMs: 30_000, socketMs: 300_000 });
+    assert.deepEqual(config.retry, { delaysSeconds: [300, 900, 1800, 3600, 7200, 14400], maxLifetimeSeconds: 432_000 });
+    assert.deepEqual(config.ops, { host: '127.0.0.1', port: 9103 });
+  });
+
+  it('takes overrides from the environment', () => {
+    const config = load({
+      WORKER_RETRY__DELAYS_SECONDS: '[1, 2]',
+      WORKER_DNS__SERVERS: '["127.0.0.1:5353", "::1"]',
+      WORKER_ROUTES: '{Example.COM: "relay.internal:2525"}',
+      WORKER_ALLOW_PRIVATE_ADDRESSES: 'true',
+    });
+    assert.deepEqual(config.retry.delaysSeconds, [1, 2]);
+    assert.deepEqual(config.dns.servers, ['127.0.0.1:5353', '::1']);
+    assert.deepEqual(config.routes, { 'example.com': 'relay.internal:2525' }, 'route domains are matched in lower case');
+    assert.equal(config.allowPrivateAddresses, true);
+  });
+
+  it('rejects DNS servers given by name, bad routes, an empty retry schedule and unknown keys', () => {
+    assert.throws(() => load({ WORKER_DNS__SERVERS: '["dns.example.com"]' }), /dns\.servers/);
+    assert.throws(() => load({ WORKER_ROUTES: '{a.test: "host:notaport"}' }), /routes/);
+    assert.throws(() => load({ WORKER_ROUTES: '{a.test: "host:70000"}' }), /routes/);
+    assert.throws(() => load({ WORKER_RETRY__DELAYS_SECONDS: '[]' }), /retry\.delaysSeconds/);
+    assert.throws(() => load({ WORKER_CONCURENCY: '3' }), /Unrecognized key|concurency/);
+  });
+});
