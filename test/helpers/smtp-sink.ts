@@ -32,6 +32,8 @@ export interface SmtpSinkScript {
   data?: SmtpReply;
   /** Close the socket as soon as message data arrives, without replying. */
   dropDuringData?: boolean | Scripted;
+  /** Take the whole message but never reply to it (a hung server); see `stalled`. */
+  stallAfterData?: boolean | Scripted;
 }
 
 export interface SinkMessage {
@@ -68,6 +70,8 @@ export interface SmtpSink {
   messages: SinkMessage[];
   /** Connections opened so far, refused greetings included. */
   readonly connections: number;
+  /** Messages received and left without a reply by `stallAfterData`. */
+  readonly stalled: number;
   /** Mutable: change it to change how the sink answers from the next command on. */
   script: SmtpSinkScript;
   waitForMessages(count: number, timeoutMs?: number): Promise<SinkMessage[]>;
@@ -88,6 +92,7 @@ export async function startSmtpSink(options: SmtpSinkOptions = {}): Promise<Smtp
   const port = options.port ?? (await freePort(host));
   const messages: SinkMessage[] = [];
   let connections = 0;
+  let stalled = 0;
   const used = new WeakMap<object, number>();
   const sink = { script: options.script ?? {} };
 
@@ -130,6 +135,7 @@ export async function startSmtpSink(options: SmtpSinkOptions = {}): Promise<Smtp
     onData(stream, session, callback) {
       const chunks: Buffer[] = [];
       const drop = applies(sink.script.dropDuringData);
+      const stall = !drop && applies(sink.script.stallAfterData);
       stream.on('data', (chunk: Buffer) => {
         if (drop) {
           dropConnection(session);
@@ -139,6 +145,10 @@ export async function startSmtpSink(options: SmtpSinkOptions = {}): Promise<Smtp
       });
       stream.on('end', () => {
         if (drop) return callback(new Error('connection dropped by the test'));
+        if (stall) {
+          stalled++;
+          return; // no reply: the client waits until its socket timeout or gives up
+        }
         const reply = active(sink.script.data);
         if (reply) return callback(replyError(reply));
         if (stream.sizeExceeded) return callback(Object.assign(new Error('message too big'), { responseCode: 552 }));
@@ -183,6 +193,9 @@ export async function startSmtpSink(options: SmtpSinkOptions = {}): Promise<Smtp
     messages,
     get connections() {
       return connections;
+    },
+    get stalled() {
+      return stalled;
     },
     get script() {
       return sink.script;

@@ -229,3 +229,52 @@ describe('worker', { timeout: 90_000 }, () => {
     assert.match(body, /^hedwig_worker_smtp_connections_total(\{[^}]*\})? [1-9]/m);
   });
 });
+
+describe('worker shutdown', { timeout: 60_000 }, () => {
+  it('stop() cuts off a hung delivery after the grace period without losing the recipient', async (t) => {
+    const sink = await startSmtpSink({ script: { stallAfterData: true } });
+    t.after(() => sink.stop());
+    const beanstalkd = await startBeanstalkd();
+    t.after(() => beanstalkd.stop());
+    const client = new BeanstalkClient({ host: beanstalkd.host, port: beanstalkd.port });
+    await client.connect();
+    t.after(() => client.close());
+    await client.use(TUBE.outbound);
+
+    const config = workerConfigSchema.parse({
+      beanstalk: { servers: [beanstalkd.address] },
+      concurrency: 1,
+      routes: { 'hung.test': `${sink.host}:${sink.port}` },
+      timeouts: { connectMs: 3000, greetingMs: 3000, socketMs: 60_000 },
+      retry: { delaysSeconds: [60] },
+      ops: { host: '127.0.0.1', port: 0 },
+      shutdownGraceMs: 500,
+    });
+    const worker = await startWorker(config, { logger: pino({ level: 'silent' }), registry: new Registry() });
+    let stopped = false;
+    t.after(() => (stopped ? undefined : worker.stop()));
+
+    const job: OutboundJob = {
+      v: 1,
+      id: randomUUID(),
+      fqdn: 'app1.example.com',
+      mailfrom: 'app@example.com',
+      rcpttos: ['someone@hung.test'],
+      data: Buffer.from('Subject: hung\r\n\r\nx\r\n').toString('base64'),
+      receivedAt: Date.now(),
+      attempts: 0,
+    };
+    await client.put(encodeJob(job));
+    await waitFor(() => sink.stalled === 1, { what: 'the message to reach the hung server' });
+
+    await worker.stop();
+    stopped = true;
+
+    const stats = await client.statsTube(TUBE.outbound);
+    const waiting = ['current-jobs-ready', 'current-jobs-delayed', 'current-jobs-reserved'].map((k) => Number(stats[k]));
+    assert.deepEqual(waiting.reduce((a, b) => a + b), 1, `exactly one job still holds the recipient: ${JSON.stringify(stats)}`);
+    const left = (await client.peekReady()) ?? (await client.peekDelayed());
+    assert.ok(left);
+    assert.deepEqual(decodeOutboundJob(left.payload).rcpttos, ['someone@hung.test']);
+  });
+});
