@@ -31,7 +31,8 @@ function ensureHostKey(path: string): void {
 }
 
 await runMain(logger, async () => {
-  const dataDir = resolve(process.env.HEDWIG_DATA_DIR ?? 'data/local');
+  // The sample configs refer to files under data/local (relative to the working directory).
+  const dataDir = resolve('data/local');
   ensureHostKey(resolve(dataDir, 'host.key'));
 
   const postofficeConfig = loadConfig(postofficeConfigSchema, { file: process.env.POSTOFFICE_CONFIG ?? `${here}/postoffice.yaml`, envPrefix: 'POSTOFFICE' });
