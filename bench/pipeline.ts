@@ -1,0 +1,145 @@
+import { randomBytes } from 'node:crypto';
+import { mkdirSync } from 'node:fs';
+import { join } from 'node:path';
+import { BeanstalkClient } from '../shared/beanstalk.ts';
+import { TUBE, jobSizeFor } from '../shared/job.ts';
+import { startBeanstalkd, type BeanstalkdProcess } from '../test/helpers/beanstalkd.ts';
+import { freePort } from '../test/helpers/ports.ts';
+import type { BenchArgs } from './args.ts';
+import { benchDkimConfig } from './dkim.ts';
+import { BENCH_RECIPIENT_DOMAIN, BENCH_SENDER_DOMAIN } from './message.ts';
+import type { ProcessWatcher } from './proc.ts';
+import { startSinkProcess, type SinkProcess } from './sink-process.ts';
+import { startBenchTier, type BenchTier } from './tiers.ts';
+
+export const BENCH_FQDN = 'app.bench.example';
+const MAX_RECIPIENTS = 10;
+
+/** The parts of the relay a bench mode starts; each start records its process with the watcher. */
+export class Pipeline {
+  readonly key = randomBytes(32).toString('hex');
+  readonly maxMessageBytes: number;
+  beanstalkd?: BeanstalkdProcess;
+  sink?: SinkProcess;
+  postoffice?: BenchTier & { url: string };
+  mailman?: BenchTier & { port: number };
+  workers: BenchTier[] = [];
+  /** Whether the workers sign with DKIM (false when this worker has no `dkim` config yet). */
+  dkim = false;
+
+  constructor(
+    readonly args: BenchArgs,
+    readonly dir: string,
+    readonly watcher: ProcessWatcher,
+  ) {
+    this.maxMessageBytes = Math.max(1_048_576, args.size * 2);
+  }
+
+  get beanstalkAddress(): string {
+    return this.beanstalkd!.address;
+  }
+
+  async startBeanstalkd(): Promise<void> {
+    const binlogDir = join(this.dir, 'binlog');
+    mkdirSync(binlogDir);
+    this.beanstalkd = await startBeanstalkd({
+      binlogDir,
+      maxJobSize: jobSizeFor(this.maxMessageBytes, MAX_RECIPIENTS),
+      fsyncMs: this.args.fsyncMs,
+    });
+    const probe = new BeanstalkClient({ host: '127.0.0.1', port: this.beanstalkd.port });
+    await probe.connect();
+    this.watcher.watch('beanstalkd', Number((await probe.stats()).pid));
+    await probe.close();
+  }
+
+  async startSink(): Promise<void> {
+    this.sink = await startSinkProcess(await freePort());
+    this.watcher.watch('sink', this.sink.pid);
+  }
+
+  async startPostoffice(): Promise<void> {
+    const port = await freePort();
+    const tier = await startBenchTier(
+      'postoffice',
+      {
+        listen: { host: '127.0.0.1', port },
+        beanstalk: { servers: [this.beanstalkAddress] },
+        limits: { maxMessageBytes: this.maxMessageBytes, maxRecipients: MAX_RECIPIENTS },
+        clients: { [BENCH_FQDN]: { key: this.key, senderDomains: [BENCH_SENDER_DOMAIN] } },
+      },
+      { dir: this.dir, readyPort: port, logLevel: this.args.logLevel, runtime: this.args.runtime, profileDir: this.args.profile },
+    );
+    this.postoffice = { ...tier, url: `http://127.0.0.1:${port}` };
+    this.watcher.watch('postoffice', tier.pid);
+  }
+
+  async startWorkers(): Promise<void> {
+    const base = {
+      beanstalk: { servers: [this.beanstalkAddress] },
+      concurrency: this.args.workerConcurrency,
+      ehloName: 'relay.bench.example',
+      routes: { [BENCH_RECIPIENT_DOMAIN]: `127.0.0.1:${this.sink!.port}` },
+      timeouts: { connectMs: 5000, greetingMs: 5000, socketMs: 30_000 },
+      retry: { delaysSeconds: [1], maxLifetimeSeconds: 3600 },
+      shutdownGraceMs: 2000,
+    };
+    const dkim = benchDkimConfig(BENCH_SENDER_DOMAIN, join(this.dir, 'dkim'), base);
+    this.dkim = dkim !== undefined;
+    for (let i = 0; i < this.args.workers; i++) {
+      const opsPort = await freePort();
+      const tier = await startBenchTier(
+        'worker',
+        { ...base, ...(dkim ? { dkim } : {}), ops: { host: '127.0.0.1', port: opsPort } },
+        { dir: join(this.dir, `worker-${i}`), readyPort: opsPort, logLevel: this.args.logLevel, runtime: this.args.runtime, profileDir: this.args.profile },
+      );
+      this.workers.push(tier);
+      this.watcher.watch(this.args.workers === 1 ? 'worker' : `worker-${i}`, tier.pid);
+    }
+  }
+
+  async startMailman(): Promise<void> {
+    const port = await freePort();
+    const tier = await startBenchTier(
+      'mailman',
+      {
+        listen: { host: '127.0.0.1', port },
+        allowedNetworks: ['127.0.0.0/8'],
+        hostname: 'mailman.bench.example',
+        maxMessageBytes: this.maxMessageBytes,
+        maxRecipients: MAX_RECIPIENTS,
+        maxClients: this.args.concurrency + 20,
+        postoffice: { url: this.postoffice!.url, fqdn: BENCH_FQDN, key: this.key },
+        spool: { dir: join(this.dir, 'spool') },
+        forwarder: { concurrency: 16 },
+        ops: { host: '127.0.0.1', port: await freePort() },
+      },
+      { dir: this.dir, readyPort: port, logLevel: this.args.logLevel, runtime: this.args.runtime, profileDir: this.args.profile },
+    );
+    this.mailman = { ...tier, port };
+    this.watcher.watch('mailman', tier.pid);
+  }
+
+  /** Jobs in the outbound tube that no worker has finished yet. */
+  async queued(): Promise<number> {
+    const probe = new BeanstalkClient({ host: '127.0.0.1', port: this.beanstalkd!.port });
+    try {
+      await probe.connect();
+      const stats = await probe.statsTube(TUBE.outbound);
+      return Number(stats['current-jobs-ready']) + Number(stats['current-jobs-reserved']) + Number(stats['current-jobs-delayed']);
+    } catch {
+      return 0;
+    } finally {
+      await probe.close();
+    }
+  }
+
+  /** Listeners first, the queue last, each with SIGTERM. */
+  async stop(): Promise<void> {
+    await this.mailman?.stop();
+    await this.postoffice?.stop();
+    await Promise.all(this.workers.map((w) => w.stop()));
+    await this.sink?.stop();
+    await this.beanstalkd?.stop();
+  }
+}
