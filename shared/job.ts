@@ -26,6 +26,8 @@ export const outboundJobSchema = z.object({
   attempts: z.number().int().nonnegative().default(0),
   firstAttemptAt: z.number().int().optional(),
   lastAttemptAt: z.number().int().optional(),
+  /** When the worker sent the sender a delay warning (one per message); older than receivedAt means a requeue, warn again. */
+  delayWarnedAt: z.number().int().optional(),
 });
 export type OutboundJob = z.infer<typeof outboundJobSchema>;
 

@@ -2,7 +2,7 @@ import { hostname } from 'node:os';
 import { isIP } from 'node:net';
 import { z } from 'zod';
 import { loadConfig, parseHostPort } from '../shared/config.ts';
-import { TUBE } from '../shared/job.ts';
+import { mailbox, TUBE } from '../shared/job.ts';
 
 const DEFAULT_BEANSTALK_PORT = 11300;
 const DEFAULT_DNS_PORT = 53;
@@ -72,10 +72,25 @@ export const workerConfigSchema = z
       .prefault({}),
     retry: z
       .object({
-        /** Delay before attempt n+1 after attempt n failed temporarily; the last value repeats. */
-        delaysSeconds: z.array(z.number().int().positive()).min(1).default([300, 900, 1800, 3600, 7200, 14400]),
+        /**
+         * Delay before attempt n+1 after attempt n failed temporarily; the last value repeats.
+         * RFC 5321 §4.5.4.1: a first retry within minutes, then 30 minutes or more apart.
+         */
+        delaysSeconds: z.array(z.number().int().positive()).min(1).default([300, 1800, 3600, 7200, 14400]),
         /** RFC 5321 §4.5.4.1: give up after 4-5 days. */
         maxLifetimeSeconds: z.number().int().positive().default(432_000),
+      })
+      .strict()
+      .prefault({}),
+    /** Delivery status notifications (RFC 3464) to the envelope sender. */
+    bounces: z
+      .object({
+        /** Report bounced and expired recipients to the sender (never to a null sender `<>`). */
+        enabled: z.boolean().default(true),
+        /** From: of notices; unset means MAILER-DAEMON@<ehloName>. */
+        from: mailbox.optional(),
+        /** Warn the sender once when a message is still undelivered this long after arrival; 0 disables. */
+        delayWarningSeconds: z.number().int().nonnegative().default(14_400),
       })
       .strict()
       .prefault({}),

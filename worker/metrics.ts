@@ -10,6 +10,8 @@ export interface WorkerMetrics {
   smtpConnections: Counter;
   /** Jobs that could not be decoded and were buried. */
   buriedJobs: Counter;
+  /** Delivery status notifications queued for senders: failure, delay. */
+  notices: Counter<'kind'>;
 }
 
 /** Looked up before being created so several workers (tests) can share one registry. */
@@ -38,5 +40,13 @@ export function createWorkerMetrics(registry: Registry): WorkerMetrics {
     buriedJobs:
       existing<Counter>('hedwig_worker_buried_jobs_total') ??
       new Counter({ name: 'hedwig_worker_buried_jobs_total', help: 'Jobs that could not be decoded and were buried for an operator.', registers: [registry] }),
+    notices:
+      existing<Counter<'kind'>>('hedwig_worker_notices_total') ??
+      new Counter({
+        name: 'hedwig_worker_notices_total',
+        help: 'Delivery status notifications (RFC 3464) queued for senders: failure (bounced or expired recipients), delay (warning).',
+        labelNames: ['kind'],
+        registers: [registry],
+      }),
   };
 }

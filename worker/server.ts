@@ -51,6 +51,12 @@ export async function startWorker(config: WorkerConfig, options: { logger: Logge
     policy: config.retry,
     tubes: { outbound: config.beanstalk.tube, failed: config.beanstalk.failedTube },
     ttrSeconds: PUT_TTR_SECONDS,
+    notices: {
+      enabled: config.bounces.enabled,
+      from: config.bounces.from ?? `MAILER-DAEMON@${config.ehloName}`,
+      reportingMta: config.ehloName,
+      delayWarningSeconds: config.bounces.delayWarningSeconds,
+    },
   };
 
   // One connection per reserve loop; every server gets at least one loop.

@@ -6,6 +6,7 @@ import type { Logger } from '../shared/logger.ts';
 import type { Deliverer, RecipientResult } from './deliver.ts';
 import type { WorkerMetrics } from './metrics.ts';
 import type { MxResolver } from './mx.ts';
+import { delayNotice, failureNotice, type NoticeKind, type NoticeSettings } from './dsn.ts';
 import { settle, type RetryPolicy, type Settlement } from './settle.ts';
 
 /**
@@ -13,6 +14,7 @@ import { settle, type RetryPolicy, type Settlement } from './settle.ts';
  * the outcome back to beanstalkd. A job is deleted only after every recipient has either
  * been delivered or been written into a new job (retry) or the failed tube: put before
  * delete, so a crash in between repeats a delivery rather than losing one (at-least-once).
+ * Notices to the sender (bounces, delay warnings) are jobs too, put before the delete.
  */
 
 export interface WorkerDeps {
@@ -24,6 +26,8 @@ export interface WorkerDeps {
   tubes: { outbound: string; failed: string };
   /** TTR of the jobs the worker puts (retries, failures). */
   ttrSeconds: number;
+  /** Delivery status notifications to senders; absent means none are sent. */
+  notices?: NoticeSettings & { delayWarningSeconds: number };
   now?: () => number;
 }
 
@@ -32,6 +36,17 @@ const RESERVE_ERROR_PAUSE_MS = 250;
 const RESERVE_ERROR_PAUSE_MAX_MS = 5_000;
 const RESERVE_WARN_INTERVAL_MS = 60_000;
 const FALLBACK_TTR_SECONDS = 120;
+/**
+ * A job reserved this many times without being settled keeps killing or wedging whoever
+ * holds it (a crash loop): bury it for an operator rather than loop forever.
+ */
+const MAX_UNSETTLED_RESERVES = 20;
+
+interface QueuedNotice {
+  kind: NoticeKind;
+  job: OutboundJob;
+  recipients: string[];
+}
 
 /** Delivers one attempt for every recipient: one transaction per domain, domains in parallel. */
 export async function attemptDelivery(job: OutboundJob, raw: Buffer, deps: WorkerDeps): Promise<RecipientResult[]> {
@@ -93,14 +108,19 @@ async function putInto(client: BeanstalkClient, tube: string, payload: Buffer, o
   return client.put(payload, options);
 }
 
-/** Touches the job at half its TTR so a long SMTP transaction never lets it go back to ready. */
-async function keepReserved(client: BeanstalkClient, reserved: ReservedJob, logger: Logger): Promise<() => void> {
-  let ttrSeconds = FALLBACK_TTR_SECONDS;
+/** TTR and reserve count of a reserved job; fallbacks when beanstalkd cannot say. */
+async function reservedJobStats(client: BeanstalkClient, reserved: ReservedJob, logger: Logger): Promise<{ ttrSeconds: number; reserves: number }> {
   try {
-    ttrSeconds = Number((await client.statsJob(reserved.id)).ttr) || FALLBACK_TTR_SECONDS;
+    const stats = await client.statsJob(reserved.id);
+    return { ttrSeconds: Number(stats.ttr) || FALLBACK_TTR_SECONDS, reserves: Number(stats.reserves) || 1 };
   } catch (err) {
     logger.warn({ event: 'stats_job_failed', jobId: reserved.id, code: errorCode(err) }, 'cannot read the job TTR; touching on a fallback interval');
+    return { ttrSeconds: FALLBACK_TTR_SECONDS, reserves: 1 };
   }
+}
+
+/** Touches the job at half its TTR so a long SMTP transaction never lets it go back to ready. */
+function keepReserved(reserved: ReservedJob, ttrSeconds: number, logger: Logger): () => void {
   const timer = setInterval(
     () => {
       reserved.touch().catch((err: unknown) => logger.warn({ event: 'touch_failed', jobId: reserved.id, code: errorCode(err) }));
@@ -134,14 +154,27 @@ export async function handleReservedJob(client: BeanstalkClient, reserved: Reser
     return;
   }
 
-  const stopKeeping = await keepReserved(client, reserved, deps.logger);
+  const { ttrSeconds, reserves } = await reservedJobStats(client, reserved, deps.logger);
+  if (reserves > MAX_UNSETTLED_RESERVES) {
+    deps.logger.error(
+      { event: 'job_reserved_too_often', messageId: job.id, jobId: reserved.id, server: reserved.server, reserves },
+      'job was reserved again and again without an outcome (crash loop?); buried',
+    );
+    deps.metrics.buriedJobs.inc();
+    await reserved.bury();
+    return;
+  }
+
+  const stopKeeping = keepReserved(reserved, ttrSeconds, deps.logger);
   let settlement: Settlement;
-  const putIds: { jobId: string; failedJobId?: string; retryJobId?: string } = { jobId: reserved.id };
+  let notices: QueuedNotice[] = [];
+  const putIds: { jobId: string; failedJobId?: string; retryJobId?: string; noticeJobIds: string[] } = { jobId: reserved.id, noticeJobIds: [] };
   try {
     const attemptStartedAt = now();
     const raw = Buffer.from(job.data, 'base64');
     const results = await attemptDelivery(job, raw, deps);
-    settlement = settle(job, results, { policy: deps.policy, attemptStartedAt, now: now() });
+    settlement = settle(job, results, { policy: deps.policy, attemptStartedAt, now: now(), delayWarningSeconds: deps.notices?.delayWarningSeconds });
+    notices = await buildNotices(job, raw, settlement, deps, attemptStartedAt, now());
 
     if (settlement.failedJob) {
       putIds.failedJobId = await putInto(client, deps.tubes.failed, encodeJob(settlement.failedJob), { ttrSeconds: deps.ttrSeconds });
@@ -151,6 +184,9 @@ export async function handleReservedJob(client: BeanstalkClient, reserved: Reser
         delaySeconds: settlement.retry.delaySeconds,
         ttrSeconds: deps.ttrSeconds,
       });
+    }
+    for (const notice of notices) {
+      putIds.noticeJobIds.push(await putInto(client, deps.tubes.outbound, encodeJob(notice.job), { ttrSeconds: deps.ttrSeconds }));
     }
     await reserved.delete();
   } catch (err) {
@@ -163,6 +199,32 @@ export async function handleReservedJob(client: BeanstalkClient, reserved: Reser
     stopKeeping();
   }
   logSettlement(job, settlement, deps, now(), putIds);
+  logNotices(job, notices, putIds.noticeJobIds, deps);
+}
+
+/** The sender's notices for this settlement. A notice that cannot be built is logged, never a reason to keep the job. */
+async function buildNotices(job: OutboundJob, raw: Buffer, settlement: Settlement, deps: WorkerDeps, attemptStartedAt: number, now: number): Promise<QueuedNotice[]> {
+  const notices: QueuedNotice[] = [];
+  try {
+    if (settlement.failedJob) {
+      const notice = await failureNotice(settlement.failedJob, raw, deps.notices, now);
+      if (notice) notices.push({ kind: 'failure', job: notice, recipients: settlement.failedJob.job.rcpttos });
+    }
+    if (settlement.delayWarning) {
+      const notice = await delayNotice(job, settlement.delayWarning, { raw, settings: deps.notices, attemptStartedAt, retryUntil: settlement.retryUntil, now });
+      if (notice) notices.push({ kind: 'delay', job: notice, recipients: settlement.delayWarning.map((r) => r.recipient) });
+    }
+  } catch (err) {
+    deps.logger.error({ event: 'notice_failed', messageId: job.id, err }, 'could not build the delivery status notification');
+  }
+  return notices;
+}
+
+function logNotices(job: OutboundJob, notices: QueuedNotice[], jobIds: string[], deps: WorkerDeps): void {
+  for (const [i, notice] of notices.entries()) {
+    deps.logger.info({ event: 'notice_queued', kind: notice.kind, messageId: job.id, noticeMessageId: notice.job.id, noticeJobId: jobIds[i], recipients: notice.recipients });
+    deps.metrics.notices.inc({ kind: notice.kind });
+  }
 }
 
 function pause(ms: number, signal: AbortSignal): Promise<void> {

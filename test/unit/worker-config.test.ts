@@ -18,7 +18,8 @@ describe('worker config', () => {
     assert.equal(config.smtpPort, 25);
     assert.equal(config.allowPrivateAddresses, false, 'never deliver to private addresses unless told to');
     assert.deepEqual(config.timeouts, { connectMs: 30_000, greetingMs: 30_000, socketMs: 300_000 });
-    assert.deepEqual(config.retry, { delaysSeconds: [300, 900, 1800, 3600, 7200, 14400], maxLifetimeSeconds: 432_000 });
+    assert.deepEqual(config.retry, { delaysSeconds: [300, 1800, 3600, 7200, 14400], maxLifetimeSeconds: 432_000 }, 'RFC 5321: minutes, then 30 min or more, 5 days');
+    assert.deepEqual(config.bounces, { enabled: true, delayWarningSeconds: 14_400 }, 'bounces on, from MAILER-DAEMON@<ehloName>, a warning after 4 h');
     assert.deepEqual(config.ops, { host: '127.0.0.1', port: 9103 });
   });
 

@@ -96,14 +96,14 @@ describe('settle', () => {
   });
 
   it('greylisting gets the first, short delay whatever the attempt number', () => {
-    const s = settle(job({ attempts: 4 }), [deferred('a@one.test', true)], { policy, attemptStartedAt: received + HOUR, now: received + HOUR });
+    const s = settle(job({ attempts: 4, rcpttos: ['a@one.test'] }), [deferred('a@one.test', true)], { policy, attemptStartedAt: received + HOUR, now: received + HOUR });
     assert.equal(s.retry?.delaySeconds, 300);
     assert.equal(s.retry?.greylisted, true);
   });
 
   it('past the maximum lifetime, deferred recipients expire into the failed tube', () => {
     const late = received + policy.maxLifetimeSeconds * 1000 + 1;
-    const s = settle(job({ attempts: 30, firstAttemptAt: received }), [bounced('a@one.test'), deferred('c@two.test')], { policy, attemptStartedAt: late, now: late });
+    const s = settle(job({ attempts: 30, firstAttemptAt: received, rcpttos: ['a@one.test', 'c@two.test'] }), [bounced('a@one.test'), deferred('c@two.test')], { policy, attemptStartedAt: late, now: late });
     assert.equal(s.retry, null);
     assert.deepEqual(
       s.failedJob?.failures.map((f) => [f.recipient, f.outcome, f.attempts]),
@@ -114,9 +114,68 @@ describe('settle', () => {
     );
   });
 
+  it('a recipient without a verdict is retried, never dropped; a duplicate verdict counts once', () => {
+    const s = settle(job(), [delivered('a@one.test'), delivered('a@one.test'), bounced('b@one.test')], { policy, attemptStartedAt: received, now: received });
+    assert.deepEqual(s.delivered.map((r) => r.recipient), ['a@one.test']);
+    assert.deepEqual(s.retry?.job.rcpttos, ['c@two.test']);
+    assert.equal(s.retry?.recipients[0]?.outcome, 'deferred');
+  });
+
+  it('every recipient ends in exactly one of delivered, bounced, expired or the retry job', () => {
+    const outcomes = [delivered, bounced, (r: string) => deferred(r), (r: string) => deferred(r, true)];
+    for (const now of [received + 1000, received + policy.maxLifetimeSeconds * 1000]) {
+      for (let mask = 0; mask < 4 ** 3; mask++) {
+        const recipients = ['a@one.test', 'b@one.test', 'c@two.test'];
+        const results = recipients.map((r, i) => outcomes[Math.floor(mask / 4 ** i) % 4]!(r));
+        const s = settle(job(), results, { policy, attemptStartedAt: now, now });
+        const ended = [...s.delivered, ...s.bounced, ...s.expired].map((r) => r.recipient).concat(s.retry?.job.rcpttos ?? []);
+        assert.deepEqual(ended.sort(), recipients, `mask ${mask}`);
+        assert.deepEqual(s.failedJob?.job.rcpttos.sort() ?? [], [...s.bounced, ...s.expired].map((r) => r.recipient).sort());
+      }
+    }
+  });
+
+  it('when a message is still queued after delayWarningSeconds, the sender is due one delay warning', () => {
+    const fourHours = received + 4 * HOUR;
+    const only = (rcpttos: string[], overrides: Partial<OutboundJob> = {}) => job({ rcpttos, ...overrides });
+    const early = settle(only(['c@two.test']), [deferred('c@two.test')], { policy, attemptStartedAt: received, now: received + HOUR, delayWarningSeconds: 14_400 });
+    assert.equal(early.delayWarning, null, 'not yet');
+    assert.equal(early.retry?.job.delayWarnedAt, undefined);
+
+    const due = settle(only(['a@one.test', 'c@two.test'], { attempts: 3 }), [delivered('a@one.test'), deferred('c@two.test')], { policy, attemptStartedAt: fourHours, now: fourHours, delayWarningSeconds: 14_400 });
+    assert.deepEqual(due.delayWarning?.map((r) => r.recipient), ['c@two.test'], 'only the recipients still waiting');
+    assert.equal(due.retry?.job.delayWarnedAt, fourHours, 'remembered in the retry job');
+    assert.equal(due.retryUntil, received + policy.maxLifetimeSeconds * 1000);
+
+    const later = settle(due.retry!.job, [deferred('c@two.test')], { policy, attemptStartedAt: fourHours + HOUR, now: fourHours + HOUR, delayWarningSeconds: 14_400 });
+    assert.equal(later.delayWarning, null, 'one warning per message');
+    assert.equal(later.retry?.job.delayWarnedAt, fourHours);
+
+    const off = settle(only(['c@two.test']), [deferred('c@two.test')], { policy, attemptStartedAt: fourHours, now: fourHours, delayWarningSeconds: 0 });
+    assert.equal(off.delayWarning, null, '0 switches warnings off');
+  });
+
+  it('a requeued message (receivedAt after its old warning) can be warned about again', () => {
+    const requeuedAt = received + 6 * 86_400_000;
+    const s = settle(job({ rcpttos: ['c@two.test'], receivedAt: requeuedAt, delayWarnedAt: received + 4 * HOUR }), [deferred('c@two.test')], {
+      policy,
+      attemptStartedAt: requeuedAt + 5 * HOUR,
+      now: requeuedAt + 5 * HOUR,
+      delayWarningSeconds: 14_400,
+    });
+    assert.ok(s.delayWarning);
+  });
+
+  it('no delay warning when the recipients expire instead', () => {
+    const late = received + policy.maxLifetimeSeconds * 1000;
+    const s = settle(job({ rcpttos: ['c@two.test'] }), [deferred('c@two.test')], { policy, attemptStartedAt: late, now: late, delayWarningSeconds: 14_400 });
+    assert.equal(s.delayWarning, null);
+    assert.equal(s.expired.length, 1);
+  });
+
   it('never schedules a retry after the end of the lifetime', () => {
     const nearlyOver = received + policy.maxLifetimeSeconds * 1000 - 60_000;
-    const s = settle(job({ attempts: 9 }), [deferred('c@two.test')], { policy, attemptStartedAt: nearlyOver, now: nearlyOver });
+    const s = settle(job({ attempts: 9, rcpttos: ['c@two.test'] }), [deferred('c@two.test')], { policy, attemptStartedAt: nearlyOver, now: nearlyOver });
     assert.equal(s.retry?.delaySeconds, 60);
   });
 });
