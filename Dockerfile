@@ -1,5 +1,13 @@
 # One image for every hedwig tier; the command picks the tier:
-#   node dist/postoffice/main.js | node dist/worker/main.js | node dist/mailman/main.js
+#   node dist/postoffice/main.js --config /etc/hedwig/postoffice.yaml
+#   node dist/worker/main.js     --config /etc/hedwig/worker.yaml
+#   node dist/mailman/main.js    --config /etc/hedwig/mailman.yaml
+#   node dist/key-generator.js   --fqdn app1.example.com ...
+# Target `beanstalkd` is a separate small image with Debian's beanstalkd.
+# docker-compose.yml builds both; README "Deployment" explains the setup.
+
+# Compiles the TypeScript sources to plain ESM JavaScript in dist/ (relative imports
+# rewritten from .ts to .js), so the runtime needs neither tsx nor typescript.
 FROM node:20-bookworm-slim AS build
 WORKDIR /src
 COPY package.json package-lock.json ./
@@ -9,19 +17,32 @@ COPY shared ./shared
 COPY mailman ./mailman
 COPY postoffice ./postoffice
 COPY worker ./worker
-RUN npx tsc -p tsconfig.build.json && npm prune --omit=dev
+COPY deploy/healthcheck.ts ./deploy/healthcheck.ts
+RUN npx tsc -p tsconfig.build.json
+
+# Production dependencies only, installed apart from the build so no dev tool reaches the runtime.
+FROM node:20-bookworm-slim AS deps
+WORKDIR /src
+COPY package.json package-lock.json ./
+RUN npm ci --omit=dev --no-audit --no-fund && npm cache clean --force
 
 FROM node:20-bookworm-slim AS runtime
-ENV NODE_ENV=production
+ENV NODE_ENV=production \
+    NODE_OPTIONS=--enable-source-maps
 WORKDIR /app
-COPY --from=build /src/node_modules ./node_modules
+COPY --from=deps /src/node_modules ./node_modules
 COPY --from=build /src/dist ./dist
 COPY package.json ./
+# The spool directory exists owned by the runtime user, so a fresh named volume mounted
+# there inherits that ownership.
 RUN mkdir -p /var/spool/hedwig && chown node:node /var/spool/hedwig
+# The `node` user (uid 1000) of the base image: no tier needs root. Secrets mounted
+# into /run/secrets/hedwig must be readable by uid 1000.
 USER node
-# Health checks use node itself so the image needs no curl.
-HEALTHCHECK --interval=15s --timeout=3s CMD ["node", "-e", "fetch('http://127.0.0.1:'+(process.env.HEALTH_PORT||9100)+'/healthz').then(r=>process.exit(r.ok?0:1),()=>process.exit(1))"]
-CMD ["node", "dist/postoffice/main.js"]
+EXPOSE 8025 2525 9102 9103
+# Works for every tier: it reads the tier and its config from PID 1 and asks its /readyz.
+HEALTHCHECK --interval=15s --timeout=5s --start-period=20s --retries=3 CMD ["node", "dist/deploy/healthcheck.js"]
+CMD ["node", "dist/postoffice/main.js", "--config", "/etc/hedwig/postoffice.yaml"]
 
 # beanstalkd from Debian, for deployments that have no beanstalkd of their own.
 FROM debian:bookworm-slim AS beanstalkd
@@ -29,4 +50,7 @@ RUN apt-get update && apt-get install -y --no-install-recommends beanstalkd && r
   && mkdir -p /var/lib/beanstalkd && chown nobody:nogroup /var/lib/beanstalkd
 USER nobody
 EXPOSE 11300
+# bash's /dev/tcp is the client: the image has no nc or curl.
+HEALTHCHECK --interval=10s --timeout=3s --retries=3 CMD ["bash", "-c", "exec 3<>/dev/tcp/127.0.0.1/11300 && printf 'stats\\r\\n' >&3 && read -r -t 2 reply <&3 && [[ $reply == OK* ]]"]
 ENTRYPOINT ["beanstalkd"]
+CMD ["-l", "0.0.0.0", "-p", "11300", "-b", "/var/lib/beanstalkd"]

@@ -39,11 +39,16 @@ async function portOpen(host: string, port: number): Promise<boolean> {
  * Writes `config` as YAML into a temp dir and starts `<tier>/main.ts --config FILE`.
  * Resolves when `readyPort` accepts TCP connections (or the `ready` log event appears).
  */
-export async function startTier(name: TierName, config: unknown, options: { readyPort?: number; host?: string; env?: NodeJS.ProcessEnv } = {}): Promise<TierProcess> {
+export async function startTier(
+  name: TierName,
+  config: unknown,
+  options: { readyPort?: number; host?: string; env?: NodeJS.ProcessEnv; /** Run the compiled `<distDir>/<tier>/main.js` with plain node instead of the .ts source. */ distDir?: string } = {},
+): Promise<TierProcess> {
   const dir = mkdtempSync(join(tmpdir(), `hedwig-${name}-`));
   const configFile = join(dir, `${name}.yaml`);
   writeFileSync(configFile, stringify(config));
-  const child = spawn(process.execPath, ['--import', 'tsx', join(root, name, 'main.ts'), '--config', configFile], {
+  const entry = options.distDir ? [join(options.distDir, name, 'main.js')] : ['--import', 'tsx', join(root, name, 'main.ts')];
+  const child = spawn(process.execPath, [...entry, '--config', configFile], {
     cwd: root,
     env: { ...process.env, LOG_LEVEL: 'info', ...options.env },
     stdio: ['ignore', 'pipe', 'pipe'],

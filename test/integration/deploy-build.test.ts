@@ -1,0 +1,158 @@
+/**
+ * What the runtime image runs, without Docker: `tsc -p tsconfig.build.json` (the Dockerfile's
+ * build step) compiled into a temp dist/, then every tier started with plain `node
+ * dist/<tier>/main.js` and the production examples in config/, exactly as docker-compose.yml
+ * mounts them. Only what must differ on a test machine is overridden, the way an operator
+ * would: addresses and ports through <TIER>_* environment variables (loopback only), and the
+ * secrets directory, which holds a test CA's certificate and real keys.
+ * The health check the image declares (`node dist/deploy/healthcheck.js`) is run against
+ * each tier, and a message goes from msmtp through all of them over HTTPS.
+ */
+import assert from 'node:assert/strict';
+import { execFile } from 'node:child_process';
+import { copyFileSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, symlinkSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import { parse as parseYaml } from 'yaml';
+import { startBeanstalkd, type BeanstalkdProcess } from '../helpers/beanstalkd.ts';
+import { freePort } from '../helpers/ports.ts';
+import { startSmtpSink, type SmtpSink } from '../helpers/smtp-sink.ts';
+import { makeTestCa } from '../helpers/test-ca.ts';
+import { startTier, type TierName, type TierProcess } from '../helpers/tiers.ts';
+
+const root = resolve(import.meta.dirname, '..', '..');
+const KEY = 'c0ffee42'.repeat(8);
+
+function run(command: string, args: string[], options: { input?: string; cwd?: string } = {}): Promise<{ code: number; stdout: string; stderr: string }> {
+  return new Promise((resolveRun) => {
+    const child = execFile(command, args, { timeout: 90_000, cwd: options.cwd ?? root, encoding: 'utf8' }, (err, stdout, stderr) => {
+      resolveRun({ code: err ? (typeof err.code === 'number' ? err.code : 1) : 0, stdout, stderr });
+    });
+    child.stdin?.end(options.input ?? '');
+  });
+}
+
+/** config/<tier>.yaml with /run/secrets/hedwig pointing at the test's secrets directory. */
+function productionConfig(tier: TierName, secretsDir: string): unknown {
+  return parseYaml(readFileSync(join(root, 'config', `${tier}.yaml`), 'utf8').replaceAll('/run/secrets/hedwig', secretsDir));
+}
+
+describe('the production build with the config/ examples', { timeout: 180_000 }, () => {
+  const buildDir = mkdtempSync(join(tmpdir(), 'hedwig-build-'));
+  const distDir = join(buildDir, 'dist');
+  let beanstalkd: BeanstalkdProcess;
+  let sink: SmtpSink;
+  const tiers: Partial<Record<TierName, TierProcess>> = {};
+  let mailmanPort = 0;
+
+  before(async () => {
+    // The Dockerfile's build step; node_modules and package.json ("type": "module") sit beside dist/ as in /app.
+    const tsc = await run(process.execPath, [join(root, 'node_modules', 'typescript', 'bin', 'tsc'), '-p', 'tsconfig.build.json', '--outDir', distDir]);
+    assert.equal(tsc.code, 0, tsc.stdout + tsc.stderr);
+    symlinkSync(join(root, 'node_modules'), join(buildDir, 'node_modules'));
+    copyFileSync(join(root, 'package.json'), join(buildDir, 'package.json'));
+
+    const secrets = join(buildDir, 'secrets');
+    mkdirSync(secrets, { mode: 0o700 });
+    const ca = await makeTestCa(['127.0.0.1'], mkdtempSync(join(tmpdir(), 'hedwig-build-ca-')));
+    copyFileSync(ca.cert, join(secrets, 'postoffice.crt'));
+    copyFileSync(ca.key, join(secrets, 'postoffice.key'));
+    copyFileSync(ca.caCert, join(secrets, 'postoffice-ca.crt'));
+    for (const name of ['app1.example.com.key', 'app2.example.com.key', 'mailman.key']) writeFileSync(join(secrets, name), `${KEY}\n`, { mode: 0o600 });
+
+    beanstalkd = await startBeanstalkd({ maxJobSize: 16_777_216, fsyncMs: 0 });
+    sink = await startSmtpSink();
+    const postofficePort = await freePort();
+    mailmanPort = await freePort();
+    const loopbackBeanstalk = `["${beanstalkd.address}"]`;
+
+    tiers.postoffice = await startTier('postoffice', productionConfig('postoffice', secrets), {
+      distDir,
+      env: { POSTOFFICE_LISTEN__HOST: '127.0.0.1', POSTOFFICE_LISTEN__PORT: String(postofficePort), POSTOFFICE_BEANSTALK__SERVERS: loopbackBeanstalk },
+    });
+    tiers.worker = await startTier('worker', productionConfig('worker', secrets), {
+      distDir,
+      env: {
+        WORKER_BEANSTALK__SERVERS: loopbackBeanstalk,
+        WORKER_CONCURRENCY: '2',
+        WORKER_ROUTES: `{"example.org": "127.0.0.1:${sink.port}"}`,
+        WORKER_OPS__HOST: '127.0.0.1',
+        WORKER_OPS__PORT: String(await freePort()),
+      },
+    });
+    tiers.mailman = await startTier('mailman', productionConfig('mailman', secrets), {
+      distDir,
+      readyPort: mailmanPort,
+      env: {
+        MAILMAN_LISTEN__PORT: String(mailmanPort),
+        MAILMAN_POSTOFFICE__URL: `https://127.0.0.1:${postofficePort}`,
+        MAILMAN_POSTOFFICE__CA_FILE: join(secrets, 'postoffice-ca.crt'),
+        MAILMAN_SPOOL__DIR: join(buildDir, 'spool'),
+        MAILMAN_OPS__PORT: String(await freePort()),
+      },
+    });
+  });
+
+  after(async () => {
+    await Promise.allSettled(Object.values(tiers).map((tier) => tier.kill()));
+    await Promise.allSettled([sink?.stop(), beanstalkd?.stop()]);
+  });
+
+  function healthcheck(pid: number): Promise<{ code: number; stdout: string; stderr: string }> {
+    return run(process.execPath, [join(distDir, 'deploy', 'healthcheck.js'), '--pid', String(pid)]);
+  }
+
+  it('emits runnable JavaScript whose relative imports name .js files', () => {
+    const main = readFileSync(join(distDir, 'postoffice', 'main.js'), 'utf8');
+    assert.match(main, /from "\.\/server\.js"/);
+    assert.doesNotMatch(main, /\.ts"/);
+    const emitted = readdirSync(distDir);
+    for (const entry of ['mailman', 'postoffice', 'worker', 'shared', 'deploy', 'key-generator.js']) assert.ok(emitted.includes(entry), `dist/${entry}`);
+  });
+
+  it("passes each tier's image health check, which finds the URL in the tier's own config (HTTPS for the post office)", async () => {
+    const expected: Record<TierName, RegExp> = {
+      postoffice: /^healthy: postoffice https:\/\/127\.0\.0\.1:\d+\/readyz$/,
+      worker: /^healthy: worker http:\/\/127\.0\.0\.1:\d+\/readyz$/,
+      mailman: /^healthy: mailman http:\/\/127\.0\.0\.1:\d+\/readyz$/,
+    };
+    for (const [name, tier] of Object.entries(tiers) as Array<[TierName, TierProcess]>) {
+      const result = await healthcheck(tier.child.pid!);
+      assert.equal(result.code, 0, `${name}: ${result.stdout}${result.stderr}`);
+      assert.match(result.stdout.trim(), expected[name]);
+    }
+  });
+
+  it('relays a message from msmtp through mailman, the HTTPS post office (private CA), beanstalkd and the worker', async () => {
+    const message = 'From: <alerts@example.com>\r\nTo: <bob@example.org>\r\nSubject: built\r\nMessage-ID: <built@example.com>\r\n\r\nfrom the compiled tiers\r\n';
+    const sent = await run('msmtp', ['-C', '/dev/null', '--host=127.0.0.1', `--port=${mailmanPort}`, '--from=alerts@example.com', '--', 'bob@example.org'], { input: message });
+    assert.equal(sent.code, 0, sent.stderr);
+    const [received] = await sink.waitForMessages(1, 30_000);
+    assert.deepEqual(received!.rcptTo, ['bob@example.org']);
+    assert.ok(received!.raw.toString().endsWith(message), 'the message arrives unchanged');
+    assert.equal(received!.clientHostname, 'mail-out.example.com', "the worker's EHLO name from config/worker.yaml");
+    assert.equal(tiers.mailman!.logs.find((l) => l.event === 'accepted')?.path, 'inline', 'mailman trusted the post office certificate without spooling');
+    assert.ok(tiers.postoffice!.logs.every((l) => l.event !== 'plain_http'), 'no plain-HTTP warning with TLS configured');
+  });
+
+  it('fails the health check of a tier that is not ready, and of a process that is no hedwig tier', async () => {
+    await beanstalkd.stop();
+    try {
+      const unready = await healthcheck(tiers.postoffice!.child.pid!);
+      assert.equal(unready.code, 1);
+      assert.match(unready.stdout, /^unhealthy: postoffice https:\/\/127\.0\.0\.1:\d+\/readyz: status 503/);
+    } finally {
+      await beanstalkd.restart();
+    }
+    const stranger = await healthcheck(process.pid);
+    assert.equal(stranger.code, 1);
+    assert.match(stranger.stdout, /^unhealthy: process \d+ is not a hedwig tier/);
+  });
+
+  it('stops every tier on SIGTERM with exit code 0', async () => {
+    for (const name of ['mailman', 'postoffice', 'worker'] as const) {
+      assert.equal(await tiers[name]!.stop(), 0, `${name}: ${tiers[name]!.stderr()}`);
+    }
+  });
+});
