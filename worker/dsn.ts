@@ -224,11 +224,12 @@ export function wantsNotices(job: OutboundJob, settings: NoticeSettings | undefi
   return settings !== undefined && settings.enabled && job.mailfrom !== '';
 }
 
-function noticeJob(original: OutboundJob, message: Buffer, now: number): OutboundJob {
+function noticeJob(original: OutboundJob, message: Buffer, settings: NoticeSettings, now: number): OutboundJob {
   return {
     v: 1,
     id: randomUUID(),
-    fqdn: original.fqdn,
+    // The worker wrote the notice, not the app host (the log line notice_queued links the two).
+    fqdn: settings.reportingMta,
     // The null reverse-path: a notice that cannot be delivered is never reported back.
     mailfrom: '',
     rcpttos: [original.mailfrom],
@@ -243,7 +244,7 @@ export async function failureNotice(failed: FailedJob, raw: Buffer, settings: No
   if (!wantsNotices(failed.job, settings)) return null;
   const recipients: DsnRecipient[] = failed.failures.map((f) => ({ ...f }));
   const message = await buildDsn({ kind: 'failure', original: failed.job, raw, recipients, settings, now });
-  return noticeJob(failed.job, message, now);
+  return noticeJob(failed.job, message, settings, now);
 }
 
 /** The delay warning for recipients still being retried, or null when none is due. */
@@ -263,5 +264,5 @@ export async function delayNotice(
     lastAttemptAt: options.attemptStartedAt,
   }));
   const message = await buildDsn({ kind: 'delay', original: job, raw: options.raw, recipients, settings: options.settings, now: options.now, retryUntil: options.retryUntil });
-  return noticeJob(job, message, options.now);
+  return noticeJob(job, message, options.settings, options.now);
 }

@@ -48,6 +48,7 @@ describe('delivery status notifications (RFC 3464)', () => {
     assert.equal(notice.mailfrom, '', 'sent with MAIL FROM:<> so it can never be bounced itself');
     assert.deepEqual(notice.rcpttos, ['app@example.com']);
     assert.equal(notice.attempts, 0);
+    assert.equal(notice.fqdn, 'worker.hedwig.test', 'submitted by the worker, not by the app host');
     assert.notEqual(notice.id, 'msg-1', 'the notice is a message of its own');
     decodeOutboundJob(encodeJob(notice));
 
