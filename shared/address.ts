@@ -8,10 +8,13 @@ import { isIP } from 'node:net';
  * regex, and neither is what an SMTP envelope may carry. CR, LF and other controls can
  * never match, which is what stops header/command injection through addresses.
  */
-const ATEXT = "[A-Za-z0-9!#$%&'*+\\-/=?^_`{|}~\\u0080-\\uFFFF]";
+// UTF8-non-ascii is every code point from U+0080 on, astral ones included (emoji, CJK
+// Extension B), but never a lone surrogate: it has no UTF-8 form and would change on the wire.
+const NON_ASCII = '\\u{80}-\\u{D7FF}\\u{E000}-\\u{10FFFF}';
+const ATEXT = `[A-Za-z0-9!#$%&'*+\\-/=?^_\`{|}~${NON_ASCII}]`;
 const DOT_STRING = new RegExp(`^${ATEXT}+(?:\\.${ATEXT}+)*$`, 'u');
-const QUOTED_STRING = /^"(?:[\x20\x21\x23-\x5b\x5d-\x7e\u0080-\uffff]|\\[\x20-\x7e])*"$/u;
-const LABEL = /^(?:[A-Za-z0-9\u0080-\uffff](?:[A-Za-z0-9\u0080-\uffff-]{0,61}[A-Za-z0-9\u0080-\uffff])?)$/u;
+const QUOTED_STRING = new RegExp(`^"(?:[\\x20\\x21\\x23-\\x5b\\x5d-\\x7e${NON_ASCII}]|\\\\[\\x20-\\x7e])*"$`, 'u');
+const LABEL = new RegExp(`^(?:[A-Za-z0-9${NON_ASCII}](?:[A-Za-z0-9${NON_ASCII}-]{0,61}[A-Za-z0-9${NON_ASCII}])?)$`, 'u');
 
 export const MAX_LOCAL_PART = 64;
 export const MAX_DOMAIN = 255;
