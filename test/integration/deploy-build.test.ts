@@ -10,7 +10,8 @@
  */
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
-import { copyFileSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, symlinkSync, writeFileSync } from 'node:fs';
+import { generateKeyPairSync } from 'node:crypto';
+import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { after, before, describe, it } from 'node:test';
@@ -60,6 +61,13 @@ describe('the production build with the config/ examples', { timeout: 180_000 },
     copyFileSync(ca.key, join(secrets, 'postoffice.key'));
     copyFileSync(ca.caCert, join(secrets, 'postoffice-ca.crt'));
     for (const name of ['app1.example.com.key', 'app2.example.com.key', 'mailman.key']) writeFileSync(join(secrets, name), `${KEY}\n`, { mode: 0o600 });
+    // Any other file the examples name there is a DKIM key: an RSA key pair as key-generator.ts --dkim makes.
+    const dkimPem = generateKeyPairSync('rsa', { modulusLength: 2048 }).privateKey.export({ type: 'pkcs8', format: 'pem' }).toString();
+    for (const tier of ['postoffice', 'worker', 'mailman']) {
+      for (const m of readFileSync(join(root, 'config', `${tier}.yaml`), 'utf8').matchAll(/\/run\/secrets\/hedwig\/([^\s"']+)/g)) {
+        if (!existsSync(join(secrets, m[1]!))) writeFileSync(join(secrets, m[1]!), dkimPem, { mode: 0o600 });
+      }
+    }
 
     beanstalkd = await startBeanstalkd({ maxJobSize: 16_777_216, fsyncMs: 0 });
     sink = await startSmtpSink();

@@ -7,6 +7,7 @@
  */
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
+import { generateKeyPairSync } from 'node:crypto';
 import { copyFileSync, existsSync, mkdtempSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, relative, resolve } from 'node:path';
@@ -181,14 +182,17 @@ function run(command: string, args: string[], options: { env?: NodeJS.ProcessEnv
 }
 
 /**
- * The secrets directory as an operator fills it: every key file the configs name, with
- * real keys. Mounted configs are rewritten to point here instead of /run/secrets/hedwig.
+ * The secrets directory as an operator fills it: every file the configs name under
+ * /run/secrets/hedwig. Each holds an RSA private key in PEM, which serves as a host key
+ * (any string of 32 characters or more) and as a DKIM key alike (the worker checks DKIM
+ * keys at load). Mounted configs are rewritten to point here instead.
  */
 function fakeSecrets(): string {
   const dir = mkdtempSync(join(tmpdir(), 'hedwig-compose-secrets-'));
+  const pem = generateKeyPairSync('rsa', { modulusLength: 2048 }).privateKey.export({ type: 'pkcs8', format: 'pem' }).toString();
   for (const tier of TIERS) {
     for (const m of readFileSync(join(root, 'config', `${tier}.yaml`), 'utf8').matchAll(/\/run\/secrets\/hedwig\/([^\s"']+)/g)) {
-      writeFileSync(join(dir, m[1]!), `${'k3y'.repeat(22)}\n`, { mode: 0o600 });
+      writeFileSync(join(dir, m[1]!), pem, { mode: 0o600 });
     }
   }
   return dir;
