@@ -3,6 +3,7 @@ import { isIP } from 'node:net';
 import { z } from 'zod';
 import { loadConfig, parseHostPort } from '../shared/config.ts';
 import { mailbox, TUBE } from '../shared/job.ts';
+import { dkimSchema, headersSchema } from './identity-config.ts';
 
 const DEFAULT_BEANSTALK_PORT = 11300;
 const DEFAULT_DNS_PORT = 53;
@@ -94,6 +95,9 @@ export const workerConfigSchema = z
       })
       .strict()
       .prefault({}),
+    /** DKIM keys per signing domain; see worker/identity-config.ts. */
+    dkim: dkimSchema,
+    headers: headersSchema,
     ops: z
       .object({
         host: z.string().min(1).default('127.0.0.1'),

@@ -4,6 +4,7 @@ import type { Logger } from '../shared/logger.ts';
 import { isAscii } from '../shared/address.ts';
 import { classifyError, classifyReply, parseReply, type Verdict } from './classify.ts';
 import type { MxHost } from './mx.ts';
+import { prepareMessage, type OutgoingSettings } from './outgoing.ts';
 
 /**
  * One SMTP transaction per destination domain, carrying all of its recipients.
@@ -28,6 +29,10 @@ export interface DeliveryRequest {
   recipients: string[];
   raw: Buffer;
   hosts: MxHost[];
+  /** When hedwig accepted the message (ms): the Date of a message without one. Default: now. */
+  receivedAt?: number;
+  /** The submitting host, for the optional Received field. */
+  submittedBy?: string;
 }
 
 export interface DelivererOptions {
@@ -36,6 +41,8 @@ export interface DelivererOptions {
   logger: Logger;
   /** Called for every TCP connection attempt (metrics). */
   onConnection?: () => void;
+  /** Called for every SMTP transaction started (metrics: TLS use, DKIM). */
+  onTransaction?: (info: { tls: boolean; dkimSigned: boolean }) => void;
   /** Aborting closes every open SMTP connection (shutdown). */
   signal?: AbortSignal;
   /** Addresses tried per delivery across all MX hosts (Postfix's smtp_mx_address_limit is 5). */
@@ -43,6 +50,8 @@ export interface DelivererOptions {
   /** How long an address whose TLS handshake failed is spoken to in plaintext. */
   tlsFailureMemoryMs?: number;
   now?: () => number;
+  /** Header edits and DKIM keys; default: header edits only, no signing, no Received field. */
+  outgoing?: OutgoingSettings;
 }
 
 export interface Deliverer {
@@ -75,6 +84,12 @@ function supportsSmtpUtf8(connection: SMTPConnection): boolean | undefined {
   return Array.isArray(extensions) ? extensions.includes('SMTPUTF8') : undefined;
 }
 
+/** The local address of the connection's socket (the source IP the receiver sees), read defensively like the internals above. */
+function localAddressOf(connection: SMTPConnection): string | undefined {
+  const socket = (connection as unknown as { _socket?: { localAddress?: unknown } })._socket;
+  return typeof socket?.localAddress === 'string' ? socket.localAddress : undefined;
+}
+
 function isTlsFailure(err: unknown): boolean {
   const e = err as { code?: unknown; command?: unknown; timeoutType?: unknown };
   return e?.code === 'ETLS' || e?.command === 'STARTTLS' || e?.timeoutType === 'UPGRADE_TIMEOUT';
@@ -92,6 +107,7 @@ export function createDeliverer(options: DelivererOptions): Deliverer {
   const maxAddresses = options.maxAddresses ?? 10;
   const tlsFailureMemoryMs = options.tlsFailureMemoryMs ?? 3_600_000;
   const now = options.now ?? Date.now;
+  const outgoing: OutgoingSettings = options.outgoing ?? { hostname: options.ehloName, dkim: new Map(), received: false };
   /** address -> until when STARTTLS is skipped for it. */
   const tlsBroken = new Map<string, number>();
 
@@ -193,6 +209,17 @@ export function createDeliverer(options: DelivererOptions): Deliverer {
   return {
     async deliver(request: DeliveryRequest): Promise<RecipientResult[]> {
       const log = options.logger.child({ messageId: request.messageId, domain: request.domain });
+      const prepared = await prepareMessage(
+        { messageId: request.messageId, from: request.from, raw: request.raw, receivedAt: request.receivedAt ?? now(), submittedBy: request.submittedBy, now: now() },
+        outgoing,
+      );
+      if (!prepared.ok) {
+        // Unsigned mail from a domain that publishes DKIM would fail DMARC: keep it queued and say why.
+        log.error({ event: 'prepare_failed', code: prepared.code, reason: prepared.message }, 'message not sent');
+        return request.recipients.map((recipient) => ({ recipient, outcome: 'deferred', greylisted: false, responseCode: 451, enhancedCode: '4.3.0', response: `451 4.3.0 ${prepared.message}` }));
+      }
+      const message = { ...request, raw: prepared.raw };
+      const signedBy = prepared.signedBy ? `${prepared.signedBy.domain}/${prepared.signedBy.selector}` : undefined;
       const candidates = request.hosts.flatMap((host) => host.addresses.map((address) => ({ host, address }))).slice(0, maxAddresses);
       let last: { verdict: Verdict; mx: string } | undefined;
 
@@ -205,14 +232,18 @@ export function createDeliverer(options: DelivererOptions): Deliverer {
           options.signal?.addEventListener('abort', abort, { once: true });
           try {
             await handshake(connection);
-            const results = await transaction(connection, host, request);
+            const sourceIp = localAddressOf(connection);
+            options.onTransaction?.({ tls: connection.secure, dkimSigned: signedBy !== undefined });
+            const results = await transaction(connection, host, message);
             const count = (outcome: string) => results.filter((r) => r.outcome === outcome).length;
             log.info({
               event: 'attempt',
               mx: host.name,
               address,
               port: host.port,
+              sourceIp,
               tls: connection.secure,
+              dkim: signedBy,
               stage: 'transaction',
               delivered: count('delivered'),
               deferred: count('deferred'),

@@ -4,6 +4,7 @@ import type { Logger } from '../shared/logger.ts';
 import { createRegistry, startOpsServer, type OpsServer } from '../shared/ops-server.ts';
 import type { WorkerConfig } from './config.ts';
 import { createDeliverer } from './deliver.ts';
+import { outgoingSettingsFrom } from './identity-config.ts';
 import { createWorkerMetrics } from './metrics.ts';
 import { createMxResolver } from './mx.ts';
 import { runReserveLoop, type WorkerDeps } from './worker.ts';
@@ -45,6 +46,7 @@ export async function startWorker(config: WorkerConfig, options: { logger: Logge
       logger,
       onConnection: () => metrics.smtpConnections.inc(),
       signal: abortDeliveries.signal,
+      outgoing: outgoingSettingsFrom(config),
     }),
     metrics,
     logger,

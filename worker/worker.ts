@@ -71,7 +71,16 @@ export async function attemptDelivery(job: OutboundJob, raw: Buffer, deps: Worke
             response: `${destination.code} ${destination.enhanced} ${destination.message}`,
           }));
         }
-        return await deps.deliverer.deliver({ messageId: job.id, domain, from: job.mailfrom, recipients, raw, hosts: destination.hosts });
+        return await deps.deliverer.deliver({
+          messageId: job.id,
+          domain,
+          from: job.mailfrom,
+          recipients,
+          raw,
+          hosts: destination.hosts,
+          receivedAt: job.receivedAt,
+          submittedBy: job.fqdn,
+        });
       } catch (err) {
         // A bug or an unexpected library error: retry later rather than lose the recipients.
         deps.logger.error({ event: 'delivery_error', messageId: job.id, domain, err }, 'unexpected delivery error');

@@ -86,7 +86,9 @@ describe('worker', { timeout: 90_000 }, () => {
   });
 
   const MESSAGE = Buffer.concat([
+    // With Message-ID and Date present the worker adds no header, so the bytes must match exactly.
     Buffer.from('From: app@example.com\r\nTo: a@one.test, b@other.test\r\nSubject: report\r\nMIME-Version: 1.0\r\n'),
+    Buffer.from('Message-ID: <report-1@example.com>\r\nDate: Thu, 01 Jan 2026 00:00:00 +0000\r\n'),
     Buffer.from('Content-Type: text/plain; charset=UTF-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\n'),
     Buffer.from('Grüße aus Köln\r\n.leading dot\r\n', 'utf8'),
   ]);
