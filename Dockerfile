@@ -3,6 +3,7 @@
 #   node dist/worker/main.js     --config /etc/hedwig/worker.yaml
 #   node dist/mailman/main.js    --config /etc/hedwig/mailman.yaml
 #   node dist/key-generator.js   --fqdn app1.example.com ...
+#   node dist/cli/run.js         queue stats | failed list | ...   (the hedwig CLI)
 # Target `beanstalkd` is a separate small image with Debian's beanstalkd.
 # docker-compose.yml builds both; README "Deployment" explains the setup.
 
@@ -17,6 +18,7 @@ COPY shared ./shared
 COPY mailman ./mailman
 COPY postoffice ./postoffice
 COPY worker ./worker
+COPY cli ./cli
 COPY deploy/healthcheck.ts ./deploy/healthcheck.ts
 RUN npx tsc -p tsconfig.build.json
 

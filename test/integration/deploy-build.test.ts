@@ -25,9 +25,9 @@ import { startTier, type TierName, type TierProcess } from '../helpers/tiers.ts'
 const root = resolve(import.meta.dirname, '..', '..');
 const KEY = 'c0ffee42'.repeat(8);
 
-function run(command: string, args: string[], options: { input?: string; cwd?: string } = {}): Promise<{ code: number; stdout: string; stderr: string }> {
+function run(command: string, args: string[], options: { input?: string; cwd?: string; env?: NodeJS.ProcessEnv } = {}): Promise<{ code: number; stdout: string; stderr: string }> {
   return new Promise((resolveRun) => {
-    const child = execFile(command, args, { timeout: 90_000, cwd: options.cwd ?? root, encoding: 'utf8' }, (err, stdout, stderr) => {
+    const child = execFile(command, args, { timeout: 90_000, cwd: options.cwd ?? root, encoding: 'utf8', env: { ...process.env, ...options.env } }, (err, stdout, stderr) => {
       resolveRun({ code: err ? (typeof err.code === 'number' ? err.code : 1) : 0, stdout, stderr });
     });
     child.stdin?.end(options.input ?? '');
@@ -116,7 +116,7 @@ describe('the production build with the config/ examples', { timeout: 180_000 },
     assert.match(main, /from "\.\/server\.js"/);
     assert.doesNotMatch(main, /\.ts"/);
     const emitted = readdirSync(distDir);
-    for (const entry of ['mailman', 'postoffice', 'worker', 'shared', 'deploy', 'key-generator.js']) assert.ok(emitted.includes(entry), `dist/${entry}`);
+    for (const entry of ['mailman', 'postoffice', 'worker', 'shared', 'cli', 'deploy', 'key-generator.js']) assert.ok(emitted.includes(entry), `dist/${entry}`);
   });
 
   it("passes each tier's image health check, which finds the URL in the tier's own config (HTTPS for the post office)", async () => {
@@ -142,6 +142,12 @@ describe('the production build with the config/ examples', { timeout: 180_000 },
     assert.equal(received!.clientHostname, 'mail-out.example.com', "the worker's EHLO name from config/worker.yaml");
     assert.equal(tiers.mailman!.logs.find((l) => l.event === 'accepted')?.path, 'inline', 'mailman trusted the post office certificate without spooling');
     assert.ok(tiers.postoffice!.logs.every((l) => l.event !== 'plain_http'), 'no plain-HTTP warning with TLS configured');
+  });
+
+  it('runs the hedwig CLI from dist/ against the queue', async () => {
+    const result = await run(process.execPath, [join(distDir, 'cli', 'run.js'), 'queue', 'stats'], { env: { HEDWIG_BEANSTALK_SERVERS: beanstalkd.address } });
+    assert.equal(result.code, 0, result.stderr);
+    assert.match(result.stdout, /hedwig-outbound/);
   });
 
   it('fails the health check of a tier that is not ready, and of a process that is no hedwig tier', async () => {
