@@ -48,6 +48,17 @@ export function readProcessFigures(pid: number): ProcessFigures | undefined {
   }
 }
 
+/** CPU seconds the whole machine spent busy (all processes, all cores) since boot, from /proc/stat. */
+export function machineBusySeconds(): number | undefined {
+  try {
+    const [, ...fields] = readFileSync('/proc/stat', 'utf8').split('\n')[0]!.trim().split(/\s+/);
+    const [user, nice, system, , , irq, softirq, steal] = fields.map(Number);
+    return (user! + nice! + system! + irq! + softirq! + steal!) / TICKS;
+  } catch {
+    return undefined;
+  }
+}
+
 export function round(value: number, digits = 1): number {
   const factor = 10 ** digits;
   return Math.round(value * factor) / factor;

@@ -5,7 +5,7 @@
  */
 import { randomUUID } from 'node:crypto';
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { cpus, tmpdir, release } from 'node:os';
+import { cpus, loadavg, release, tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { BeanstalkClient } from '../shared/beanstalk.ts';
 import { TUBE, encodeJob, type OutboundJob } from '../shared/job.ts';
@@ -13,7 +13,7 @@ import { parseBenchArgs, type BenchArgs } from './args.ts';
 import { runHttpLoad } from './http-load.ts';
 import { BENCH_SENDER, benchMessage, recipientFor } from './message.ts';
 import { BENCH_FQDN, Pipeline } from './pipeline.ts';
-import { ProcessWatcher, round, type ProcessFigures } from './proc.ts';
+import { ProcessWatcher, machineBusySeconds, round, type ProcessFigures } from './proc.ts';
 import { nowMs } from './sink.ts';
 import { runSmtpLoad } from './smtp-load.ts';
 import { buildTiers } from './tiers.ts';
@@ -256,10 +256,15 @@ async function main(): Promise<void> {
   const deadline = Date.now() + args.timeoutS * 1000;
   let before: Record<string, ProcessFigures> = {};
   let benchCpuBefore = process.cpuUsage();
+  let busyBefore = machineBusySeconds();
+  let measuredFrom = Date.now();
   const measured = () => {
     before = watcher.report();
     benchCpuBefore = process.cpuUsage();
+    busyBefore = machineBusySeconds();
+    measuredFrom = Date.now();
   };
+  const loadAverageAtStart = loadavg().map((l) => round(l, 2));
   const startedAt = new Date().toISOString();
   let result: ModeResult;
   try {
@@ -267,13 +272,29 @@ async function main(): Promise<void> {
     result = await run(args, pipeline, deadline, measured);
     const processes = cpuDelta(watcher.report(), before);
     const benchCpu = process.cpuUsage(benchCpuBefore);
+    const busyAfter = machineBusySeconds();
+    const measuredSeconds = (Date.now() - measuredFrom) / 1000;
+    const ours = Object.values(processes).reduce((sum, p) => sum + p.cpuSecondsMeasured, 0) + (benchCpu.user + benchCpu.system) / 1e6;
+    const busy = busyAfter !== undefined && busyBefore !== undefined ? busyAfter - busyBefore : undefined;
+    const sink = pipeline.sink ? await pipeline.sink.stats() : undefined;
     const report = {
       mode: args.mode,
       command: `npm run bench -- ${process.argv.slice(2).join(' ')}`.trim(),
       startedAt,
-      machine: { cpus: cpus().length, cpuModel: cpus()[0]?.model ?? 'unknown', node: process.version, kernel: release() },
+      machine: {
+        cpus: cpus().length,
+        cpuModel: cpus()[0]?.model ?? 'unknown',
+        node: process.version,
+        kernel: release(),
+        loadAverageAtStart,
+        // CPU the rest of the machine used during the measured run: anything well above 0 means the figures are understated.
+        otherCpuSeconds: busy === undefined ? null : round(Math.max(0, busy - ours), 2),
+        cpuBusyShare: busy === undefined ? null : round(busy / (measuredSeconds * cpus().length), 2),
+      },
       params: { messages: args.messages, size: args.size, concurrency: args.concurrency, rate: args.rate ?? null, workers: args.workers, workerConcurrency: args.workerConcurrency, warmup: args.warmup, fsyncMs: args.fsyncMs, runtime: args.runtime, logLevel: args.logLevel },
       dkim: args.mode === 'postoffice' ? null : pipeline.dkim,
+      // Warm-up messages included: the sink checks each arrival for a DKIM-Signature field.
+      sink: sink ? { received: sink.received, dkimSigned: sink.dkimSigned, connections: sink.connections } : null,
       result,
       processes: {
         ...processes,

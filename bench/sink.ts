@@ -11,7 +11,7 @@
  *
  *   node --import tsx bench/sink.ts PORT
  *
- * IPC: {type:'stats'} -> {type:'stats', received, duplicates, connections}
+ * IPC: {type:'stats'} -> {type:'stats', received, duplicates, connections, dkimSigned}
  *      {type:'records'} -> {type:'records', ids: number[], times: number[]} (arrival, ms since the epoch)
  */
 import { createServer, type Socket } from 'node:net';
@@ -19,6 +19,7 @@ import { performance } from 'node:perf_hooks';
 
 export const BENCH_ID_HEADER = 'X-Bench-Id';
 const ID_PATTERN = /\r\nX-Bench-Id: (\d+)\r\n/;
+const DKIM_PATTERN = /\r\nDKIM-Signature:/i;
 
 /** Wall-clock milliseconds with sub-millisecond resolution, comparable across processes. */
 export function nowMs(): number {
@@ -29,6 +30,8 @@ export interface SinkStats {
   received: number;
   duplicates: number;
   connections: number;
+  /** Messages that arrived with a DKIM-Signature header field. */
+  dkimSigned: number;
 }
 
 export type SinkRequest = { type: 'stats' } | { type: 'records' };
@@ -85,10 +88,12 @@ function main(port: number): void {
   const seen = new Set<number>();
   let duplicates = 0;
   let connections = 0;
+  let dkimSigned = 0;
 
   const server = createServer((socket) => {
     connections++;
     serveSession(socket, (head) => {
+      if (DKIM_PATTERN.test(`\r\n${head}`)) dkimSigned++;
       const match = ID_PATTERN.exec(`\r\n${head}`);
       if (!match) return;
       const id = Number(match[1]);
@@ -101,7 +106,7 @@ function main(port: number): void {
   server.listen(port, '127.0.0.1', () => process.send?.({ type: 'listening' }));
 
   process.on('message', (request: SinkRequest) => {
-    if (request.type === 'stats') process.send?.({ type: 'stats', received: ids.length, duplicates, connections } satisfies SinkReply);
+    if (request.type === 'stats') process.send?.({ type: 'stats', received: ids.length, duplicates, connections, dkimSigned } satisfies SinkReply);
     else if (request.type === 'records') process.send?.({ type: 'records', ids, times } satisfies SinkReply);
   });
   process.on('disconnect', () => process.exit(0));
