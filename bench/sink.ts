@@ -40,8 +40,8 @@ export type SinkReply = ({ type: 'stats' } & SinkStats) | { type: 'records'; ids
 const EHLO_REPLY = '250-sink.bench\r\n250-PIPELINING\r\n250-8BITMIME\r\n250-SMTPUTF8\r\n250 SIZE 104857600\r\n';
 const END_OF_DATA = '\r\n.\r\n';
 
-/** One SMTP session; `onMessage` gets the start of each message (enough for its headers). */
-function serveSession(socket: Socket, onMessage: (head: string) => void): void {
+/** One SMTP session; `onMessage` gets each message as sent (still dot-stuffed, ending in CRLF). */
+export function serveSinkSession(socket: Socket, onMessage: (message: string) => void): void {
   socket.setNoDelay(true);
   socket.setEncoding('latin1');
   socket.on('error', () => socket.destroy());
@@ -58,7 +58,7 @@ function serveSession(socket: Socket, onMessage: (head: string) => void): void {
         if (end < 0) break;
         // `end` is where the marker starts in the prefixed text, so in `buffer` the message
         // (with its last CRLF) is [0, end) and the marker's remaining ".\r\n" follows it.
-        onMessage(buffer.slice(0, Math.min(end, 4096)));
+        onMessage(buffer.slice(0, end));
         buffer = buffer.slice(end + 3);
         inData = false;
         replies += '250 2.0.0 Ok: queued\r\n';
@@ -92,7 +92,8 @@ function main(port: number): void {
 
   const server = createServer((socket) => {
     connections++;
-    serveSession(socket, (head) => {
+    serveSinkSession(socket, (message) => {
+      const head = message.slice(0, 4096);
       if (DKIM_PATTERN.test(`\r\n${head}`)) dkimSigned++;
       const match = ID_PATTERN.exec(`\r\n${head}`);
       if (!match) return;

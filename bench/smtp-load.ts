@@ -122,7 +122,8 @@ const CRLF_DOT = Buffer.from('\n.');
 function dataPayload(message: Buffer): Buffer {
   let body = message;
   if (body[0] === 0x2e || body.includes(CRLF_DOT)) body = Buffer.from(body.toString('latin1').replace(/(^|\n)\./g, '$1..'), 'latin1');
-  const ending = body.subarray(-2).toString('latin1') === '\r\n' ? '.\r\n' : '\r\n.\r\n';
+  // An empty message is the end marker alone; any other must end its last line before the dot.
+  const ending = body.length === 0 || body.subarray(-2).toString('latin1') === '\r\n' ? '.\r\n' : '\r\n.\r\n';
   return Buffer.concat([body, Buffer.from(ending)]);
 }
 
