@@ -169,13 +169,17 @@ describe('graceful shutdown under load', { timeout: 180_000 }, () => {
   it('worker: finishes the deliveries in flight, leaves the rest queued, exits 0, and the restarted worker delivers them', async (t) => {
     const count = 80;
     const accepted = new Set<number>();
-    await postAll('wk', count, 8, accepted);
-    assert.equal(accepted.size, count);
-    await waitFor(() => (arrivals(sink).size > 0 && [...arrivals(sink).keys()].some((id) => id.startsWith('<wk-'))), { intervalMs: 5, what: 'the first delivery' });
+    const delivered = () => [...arrivals(sink).keys()].filter((id) => id.startsWith('<wk-')).length;
+    // SIGTERM while the worker delivers and the post office keeps queueing.
+    const sending = postAll('wk', count, 4, accepted);
+    await waitFor(() => delivered() >= 5, { intervalMs: 5, what: 'the first deliveries' });
     const stopping = tiers.worker!;
     assert.equal(await stopping.stop(), 0, stopping.stderr());
-    const deliveredBefore = [...arrivals(sink).keys()].filter((id) => id.startsWith('<wk-')).length;
-    assert.ok(deliveredBefore < count, 'the worker stopped reserving: work was left in the queue');
+    const deliveredBefore = delivered();
+    await sending;
+    assert.equal(accepted.size, count);
+    assert.equal(delivered(), deliveredBefore, 'nothing is delivered while no worker runs');
+    assert.ok(deliveredBefore < count, 'work was left in the queue for the next worker');
     assert.ok(!stopping.logs.some((l) => l.event === 'shutdown_abort_deliveries' || l.event === 'settle_failed'), 'in-flight deliveries finished and were settled');
 
     tiers.worker = await start.worker();
