@@ -138,8 +138,9 @@ describe('the production build with the config/ examples', { timeout: 180_000 },
     assert.equal(sent.code, 0, sent.stderr);
     const [received] = await sink.waitForMessages(1, 30_000);
     assert.deepEqual(received!.rcptTo, ['bob@example.org']);
-    assert.ok(received!.raw.toString().endsWith(message), 'the message arrives unchanged');
+    assert.ok(received!.raw.toString().endsWith(message), 'the message arrives unchanged below the fields the worker adds on top');
     assert.equal(received!.clientHostname, 'mail-out.example.com', "the worker's EHLO name from config/worker.yaml");
+    assert.match(received!.raw.toString(), /^DKIM-Signature: [^]*?\bd=example\.com;[^]*?\bs=s2026;/m, 'signed with the DKIM key config/worker.yaml names');
     assert.equal(tiers.mailman!.logs.find((l) => l.event === 'accepted')?.path, 'inline', 'mailman trusted the post office certificate without spooling');
     assert.ok(tiers.postoffice!.logs.every((l) => l.event !== 'plain_http'), 'no plain-HTTP warning with TLS configured');
   });
