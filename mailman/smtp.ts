@@ -94,7 +94,8 @@ export function createSmtpServer(deps: SmtpDependencies): SMTPServer {
 
   async function accept(envelope: Envelope, data: Buffer, sessionId: string): Promise<string> {
     const id = newMessageId();
-    const summary = { messageId: id, sessionId, mailfrom: envelope.mailfrom, rcptCount: envelope.rcpttos.length, size: data.length };
+    // Addresses are logged so `hedwig grep ADDRESS` finds a message before any delivery attempt.
+    const summary = { messageId: id, sessionId, mailfrom: envelope.mailfrom, rcpttos: envelope.rcpttos, rcptCount: envelope.rcpttos.length, size: data.length };
     let temporaryReason = 'post office unavailable, retrying with backoff';
     if (deps.shouldForwardInline()) {
       const result = await client.forward({ id, ...envelope, data });

@@ -9,7 +9,7 @@ import { authenticateLegacyCredentials, authenticateSignedRequest, type Authenti
 import type { PostofficeConfig } from './config.ts';
 import { IdempotencyStore } from './idempotency.ts';
 import { createPostofficeMetrics, type PostofficeMetrics } from './metrics.ts';
-import type { JobQueue } from './queue.ts';
+import type { JobQueue, QueuedJob } from './queue.ts';
 import { errorBody, ok, rejection, type Outcome, type Rejection } from './rejection.ts';
 import { ReplayGuard } from './replay-guard.ts';
 import { createSubmissionParser, senderAllowed, submissionFingerprint, type Submission } from './submission.ts';
@@ -22,6 +22,8 @@ export interface PostofficeDeps {
   https?: { cert: Buffer | string; key: Buffer | string };
   /** Clock in milliseconds, for tests of the signature window. */
   now?: () => number;
+  /** Told about every job put, after the put (the status table remembers where each message is). */
+  onQueued?: (job: OutboundJob, queued: QueuedJob) => void;
 }
 
 type Route = 'v1' | 'legacy';
@@ -115,6 +117,7 @@ export function buildApp(config: PostofficeConfig, deps: PostofficeDeps): Fastif
     };
     try {
       const queued = await queue.put(encodeJob(job));
+      deps.onQueued?.(job, queued);
       metrics.accepted.inc({ route });
       logger.info({
         event: 'queued',
@@ -122,6 +125,7 @@ export function buildApp(config: PostofficeConfig, deps: PostofficeDeps): Fastif
         messageId: job.id,
         fqdn: client.fqdn,
         mailfrom: job.mailfrom,
+        rcpttos: job.rcpttos,
         rcptCount: job.rcpttos.length,
         size: submission.data.length,
         jobId: queued.jobId,

@@ -2,6 +2,7 @@ import { z } from 'zod';
 import { ConfigError, loadConfig, parseHostPort, readSecret } from '../shared/config.ts';
 import { isValidDomain } from '../shared/address.ts';
 import { TUBE } from '../shared/job.ts';
+import { statusConfigSchema } from './status.ts';
 
 export const MIN_KEY_LENGTH = 32;
 const DEFAULT_BEANSTALK_PORT = 11300;
@@ -101,6 +102,8 @@ export const postofficeConfigSchema = z
       .strict()
       .optional(),
     trustProxy: z.boolean().default(false),
+    /** GET /v1/messages/:id (postoffice/status.ts). */
+    status: statusConfigSchema,
   })
   .strict();
 

@@ -9,6 +9,7 @@ import { buildApp } from './app.ts';
 import { jobSizeFor } from '../shared/job.ts';
 import type { PostofficeConfig } from './config.ts';
 import { RoundRobinQueue } from './queue.ts';
+import { jobStateVia, registerStatusRoute, runStatusConsumer, StatusTable } from './status.ts';
 
 export interface RunningPostoffice {
   port: number;
@@ -81,11 +82,28 @@ export async function startPostoffice(config: PostofficeConfig, options: { logge
   const closeClients = () => Promise.all(clients.map((client) => client.close())).then(() => undefined);
 
   const queue = new RoundRobinQueue(clients, { tube, ttrSeconds });
-  const app = buildApp(config, { logger, queue, registry, ...(https ? { https } : {}) });
+  const statusTable = new StatusTable(config.status);
+  const stopStatus = new AbortController();
+  const app = buildApp(config, {
+    logger,
+    queue,
+    registry,
+    ...(https ? { https } : {}),
+    ...(config.status.enabled ? { onQueued: (job, queued) => statusTable.queued(job, queued, Date.now()) } : {}),
+  });
+  const statusConsumers = config.status.enabled ? config.beanstalk.servers.map((address) => runStatusConsumer(address, config.status.tube, statusTable, logger, stopStatus.signal)) : [];
+  const stopStatusConsumers = async () => {
+    stopStatus.abort();
+    await Promise.all(statusConsumers);
+  };
+  if (config.status.enabled) {
+    registerStatusRoute(app, { clients: config.clients, windowSeconds: config.signatureWindowSeconds, table: statusTable, jobState: jobStateVia(clients), now: Date.now });
+  }
   try {
     await app.listen({ host: config.listen.host, port: config.listen.port });
   } catch (err) {
     await app.close().catch(() => undefined);
+    await stopStatusConsumers();
     await closeClients();
     throw new HedwigError('STARTUP_FAILED', `cannot listen on ${config.listen.host}:${config.listen.port}: ${errorCode(err) ?? errorMessage(err)}`, { cause: err });
   }
@@ -108,6 +126,7 @@ export async function startPostoffice(config: PostofficeConfig, options: { logge
     stop() {
       stopping ??= (async () => {
         await app.close();
+        await stopStatusConsumers();
         await closeClients();
       })();
       return stopping;

@@ -2,6 +2,7 @@ import { hostname } from 'node:os';
 import { isIP } from 'node:net';
 import { z } from 'zod';
 import { loadConfig, parseHostPort } from '../shared/config.ts';
+import { webhookConfigSchema } from './webhook.ts';
 import { mailbox, TUBE } from '../shared/job.ts';
 import { dkimSchema, headersSchema } from './identity-config.ts';
 
@@ -98,6 +99,8 @@ export const workerConfigSchema = z
     /** DKIM keys per signing domain; see worker/identity-config.ts. */
     dkim: dkimSchema,
     headers: headersSchema,
+    /** Delivery events to an operator's URL (worker/webhook.ts); off when absent. */
+    webhook: webhookConfigSchema.optional(),
     ops: z
       .object({
         host: z.string().min(1).default('127.0.0.1'),

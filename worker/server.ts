@@ -7,6 +7,7 @@ import { createDeliverer } from './deliver.ts';
 import { outgoingSettingsFrom } from './identity-config.ts';
 import { createWorkerMetrics } from './metrics.ts';
 import { createMxResolver } from './mx.ts';
+import { startOperations } from './operations.ts';
 import { runReserveLoop, type WorkerDeps } from './worker.ts';
 
 export interface RunningWorker {
@@ -30,6 +31,7 @@ export async function startWorker(config: WorkerConfig, options: { logger: Logge
   const metrics = createWorkerMetrics(registry);
   const abortDeliveries = new AbortController();
   const stopping = new AbortController();
+  const operations = startOperations(config, { registry, logger, stopping: stopping.signal });
 
   const deps: WorkerDeps = {
     resolver: createMxResolver({
@@ -45,6 +47,7 @@ export async function startWorker(config: WorkerConfig, options: { logger: Logge
       timeouts: config.timeouts,
       logger,
       onConnection: () => metrics.smtpConnections.inc(),
+      onTransaction: (info) => operations.onTransaction(info),
       signal: abortDeliveries.signal,
       outgoing: outgoingSettingsFrom(config),
     }),
@@ -53,6 +56,7 @@ export async function startWorker(config: WorkerConfig, options: { logger: Logge
     policy: config.retry,
     tubes: { outbound: config.beanstalk.tube, failed: config.beanstalk.failedTube },
     ttrSeconds: PUT_TTR_SECONDS,
+    outcomes: operations.outcomes,
     notices: {
       enabled: config.bounces.enabled,
       from: config.bounces.from ?? `MAILER-DAEMON@${config.ehloName}`,
@@ -75,6 +79,7 @@ export async function startWorker(config: WorkerConfig, options: { logger: Logge
     abortDeliveries.abort();
     await Promise.all(clients.map((c) => c.close()));
     await Promise.all(loops);
+    await operations.stop();
     throw err;
   }
   logger.info(
@@ -95,6 +100,7 @@ export async function startWorker(config: WorkerConfig, options: { logger: Logge
     // Jobs still reserved go back to ready when their connection closes.
     await Promise.all(clients.map((c) => c.close()));
     await allLoops;
+    await operations.stop();
     await ops.stop();
   }
 

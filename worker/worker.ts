@@ -6,6 +6,7 @@ import type { Logger } from '../shared/logger.ts';
 import type { Deliverer, RecipientResult } from './deliver.ts';
 import type { WorkerMetrics } from './metrics.ts';
 import type { MxResolver } from './mx.ts';
+import type { OutcomeRecorder } from './outcomes.ts';
 import { delayNotice, failureNotice, type NoticeKind, type NoticeSettings } from './dsn.ts';
 import { settle, type RetryPolicy, type Settlement } from './settle.ts';
 
@@ -28,6 +29,8 @@ export interface WorkerDeps {
   ttrSeconds: number;
   /** Delivery status notifications to senders; absent means none are sent. */
   notices?: NoticeSettings & { delayWarningSeconds: number };
+  /** Latency, webhook events and status updates for each settlement (worker/outcomes.ts); never throws. */
+  outcomes?: OutcomeRecorder;
   now?: () => number;
 }
 
@@ -197,6 +200,7 @@ export async function handleReservedJob(client: BeanstalkClient, reserved: Reser
     for (const notice of notices) {
       putIds.noticeJobIds.push(await putInto(client, deps.tubes.outbound, encodeJob(notice.job), { ttrSeconds: deps.ttrSeconds }));
     }
+    await deps.outcomes?.record(client, job, settlement, { now: now(), ...(putIds.retryJobId ? { retryJobId: putIds.retryJobId } : {}) });
     await reserved.delete();
   } catch (err) {
     // Putting the outcome failed (beanstalkd gone?): the old job must stay. If the connection is

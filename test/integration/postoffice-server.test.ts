@@ -88,7 +88,8 @@ describe('post office server lifecycle', { timeout: 60_000 }, () => {
   it('on stop, finishes a request waiting for its put before closing the queue', async (t) => {
     const queue = await startHoldingBeanstalkd();
     t.after(() => queue.stop());
-    const config = postofficeConfigSchema.parse({ listen: { port: await freePort() }, beanstalk: { servers: [`127.0.0.1:${queue.port}`] }, clients });
+    // The fake beanstalkd speaks only use/put: no status consumer (its own connection) here.
+    const config = postofficeConfigSchema.parse({ listen: { port: await freePort() }, beanstalk: { servers: [`127.0.0.1:${queue.port}`] }, clients, status: { enabled: false } });
     const postoffice = await startPostoffice(config, { logger: silentLogger(), registry: new Registry() });
     t.after(() => postoffice.stop());
 

@@ -161,7 +161,7 @@ describe('POST /v1/messages: accepted messages', () => {
     assert.equal(queued.length, 1);
     assert.deepEqual(
       { ...queued[0], level: undefined, time: undefined, pid: undefined, hostname: undefined, msg: undefined },
-      { level: undefined, time: undefined, pid: undefined, hostname: undefined, msg: undefined, event: 'queued', route: 'v1', messageId: (res.json() as { id: string }).id, fqdn: FQDN, mailfrom: 'sender@example.com', rcptCount: 1, size: Buffer.byteLength(MESSAGE), jobId: '1', server: '127.0.0.1:11300' },
+      { level: undefined, time: undefined, pid: undefined, hostname: undefined, msg: undefined, event: 'queued', route: 'v1', messageId: (res.json() as { id: string }).id, fqdn: FQDN, mailfrom: 'sender@example.com', rcpttos: ['rcpt@example.org'], rcptCount: 1, size: Buffer.byteLength(MESSAGE), jobId: '1', server: '127.0.0.1:11300' },
     );
     await sendSigned(s, message(), { key: OTHER_KEY });
     const all = s.logLines.join('');

@@ -35,6 +35,7 @@ describe('post office configuration', () => {
       legacy: { enabled: true, path: '/' },
       clients: {},
       trustProxy: false,
+      status: { enabled: true, tube: 'hedwig-status', retainSeconds: 86_400, maxEntries: 100_000 },
     });
   });
 
