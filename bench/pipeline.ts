@@ -26,6 +26,8 @@ export class Pipeline {
   workers: BenchTier[] = [];
   /** Whether the workers sign with DKIM (false when this worker has no `dkim` config yet). */
   dkim = false;
+  /** Prometheus /metrics of each tier process, by the name the watcher knows it by. */
+  readonly metricsUrls: Record<string, string> = {};
 
   constructor(
     readonly args: BenchArgs,
@@ -72,6 +74,7 @@ export class Pipeline {
     );
     this.postoffice = { ...tier, url: `http://127.0.0.1:${port}` };
     this.watcher.watch('postoffice', tier.pid);
+    this.metricsUrls.postoffice = `${this.postoffice.url}/metrics`;
   }
 
   async startWorkers(): Promise<void> {
@@ -94,12 +97,15 @@ export class Pipeline {
         { dir: join(this.dir, `worker-${i}`), readyPort: opsPort, logLevel: this.args.logLevel, runtime: this.args.runtime, profileDir: this.args.profile },
       );
       this.workers.push(tier);
-      this.watcher.watch(this.args.workers === 1 ? 'worker' : `worker-${i}`, tier.pid);
+      const name = this.args.workers === 1 ? 'worker' : `worker-${i}`;
+      this.watcher.watch(name, tier.pid);
+      this.metricsUrls[name] = `http://127.0.0.1:${opsPort}/metrics`;
     }
   }
 
   async startMailman(): Promise<void> {
     const port = await freePort();
+    const opsPort = await freePort();
     const tier = await startBenchTier(
       'mailman',
       {
@@ -112,12 +118,29 @@ export class Pipeline {
         postoffice: { url: this.postoffice!.url, fqdn: BENCH_FQDN, key: this.key },
         spool: { dir: join(this.dir, 'spool') },
         forwarder: { concurrency: 16 },
-        ops: { host: '127.0.0.1', port: await freePort() },
+        ops: { host: '127.0.0.1', port: opsPort },
       },
       { dir: this.dir, readyPort: port, logLevel: this.args.logLevel, runtime: this.args.runtime, profileDir: this.args.profile },
     );
     this.mailman = { ...tier, port };
     this.watcher.watch('mailman', tier.pid);
+    this.metricsUrls.mailman = `http://127.0.0.1:${opsPort}/metrics`;
+  }
+
+  /** V8 heap in use per tier (from its own /metrics): how much of the RSS is live JavaScript data. */
+  async heapUsedMB(): Promise<Record<string, number>> {
+    const entries = await Promise.all(
+      Object.entries(this.metricsUrls).map(async ([name, url]) => {
+        try {
+          const text = await (await fetch(url)).text();
+          const match = /^nodejs_heap_size_used_bytes(?:\{[^}]*\})? (\d+(?:\.\d+)?(?:e\+\d+)?)$/m.exec(text);
+          return match ? [[name, Math.round(Number(match[1]) / 104857.6) / 10] as const] : [];
+        } catch {
+          return [];
+        }
+      }),
+    );
+    return Object.fromEntries(entries.flat());
   }
 
   /** Jobs in the outbound tube that no worker has finished yet. */

@@ -3,6 +3,7 @@
  * and per-process resources as JSON (stdout and --out). See bench/args.ts for the flags
  * and the README section "Benchmark" for figures measured with it.
  */
+import { execFileSync } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { cpus, loadavg, release, tmpdir } from 'node:os';
@@ -29,6 +30,17 @@ interface ModeResult {
   seconds: { accepting: number; delivering: number | null };
   throughput: { acceptedPerSecond: number | null; deliveredPerSecond: number | null };
   latencyMs: (Percentiles & { from: string; to: string }) | null;
+}
+
+/** The commit measured, and whether the working tree differed from it. */
+function revision(): { commit: string; dirty: boolean } | null {
+  try {
+    const commit = execFileSync('git', ['rev-parse', '--short', 'HEAD'], { encoding: 'utf8' }).trim();
+    const dirty = execFileSync('git', ['status', '--porcelain', '--untracked-files=no'], { encoding: 'utf8' }).trim() !== '';
+    return { commit, dirty };
+  } catch {
+    return null;
+  }
 }
 
 function progress(line: string): void {
@@ -277,10 +289,13 @@ async function main(): Promise<void> {
     const ours = Object.values(processes).reduce((sum, p) => sum + p.cpuSecondsMeasured, 0) + (benchCpu.user + benchCpu.system) / 1e6;
     const busy = busyAfter !== undefined && busyBefore !== undefined ? busyAfter - busyBefore : undefined;
     const sink = pipeline.sink ? await pipeline.sink.stats() : undefined;
+    const heap = await pipeline.heapUsedMB();
+    for (const [name, heapUsedMB] of Object.entries(heap)) if (processes[name]) Object.assign(processes[name], { heapUsedMB });
     const report = {
       mode: args.mode,
       command: `npm run bench -- ${process.argv.slice(2).join(' ')}`.trim(),
       startedAt,
+      revision: revision(),
       machine: {
         cpus: cpus().length,
         cpuModel: cpus()[0]?.model ?? 'unknown',
@@ -304,7 +319,7 @@ async function main(): Promise<void> {
         },
       },
       notes: [
-        'cpuSecondsMeasured: CPU time (user+system) during the measured run only; peakRssMB: VmHWM over the whole process life.',
+        'cpuSecondsMeasured: CPU time (user+system) during the measured run only; peakRssMB: VmHWM over the whole process life; heapUsedMB: live V8 heap at the end (from the tier\'s /metrics).',
         ...(args.mode !== 'postoffice' && !pipeline.dkim ? ['the worker has no dkim config key yet: messages were not DKIM-signed'] : []),
       ],
     };
