@@ -12,6 +12,7 @@ import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
 import { generateKeyPairSync } from 'node:crypto';
 import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, symlinkSync, writeFileSync } from 'node:fs';
+import { isBuiltin } from 'node:module';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { after, before, describe, it } from 'node:test';
@@ -117,6 +118,25 @@ describe('the production build with the config/ examples', { timeout: 180_000 },
     assert.doesNotMatch(main, /\.ts"/);
     const emitted = readdirSync(distDir);
     for (const entry of ['mailman', 'postoffice', 'worker', 'shared', 'cli', 'deploy', 'key-generator.js']) assert.ok(emitted.includes(entry), `dist/${entry}`);
+  });
+
+  it('imports at run time only packages the image installs (dependencies, not devDependencies)', () => {
+    const { dependencies } = JSON.parse(readFileSync(join(root, 'package.json'), 'utf8')) as { dependencies: Record<string, string> };
+    const files = readdirSync(distDir, { recursive: true, encoding: 'utf8' }).filter((file) => file.endsWith('.js'));
+    const missing = new Set<string>();
+    for (const file of files) {
+      const code = readFileSync(join(distDir, file), 'utf8');
+      // Static imports and re-exports, dynamic imports, and createRequire(...)('x') calls.
+      const specifiers = /^\s*(?:import|export)\b[^;]*?\bfrom\s*["']([^"'.][^"']*)["']|^\s*import\s*["']([^"'.][^"']*)["']|\bimport\s*\(\s*["']([^"'.][^"']*)["']|\bcreateRequire\([^)]*\)\s*\(\s*["']([^"'.][^"']*)["']/gm;
+      for (const m of code.matchAll(specifiers)) {
+        const specifier = (m[1] ?? m[2] ?? m[3] ?? m[4])!;
+        if (specifier.startsWith('node:') || isBuiltin(specifier)) continue;
+        const name = specifier.startsWith('@') ? specifier.split('/').slice(0, 2).join('/') : specifier.split('/')[0]!;
+        if (!(name in dependencies)) missing.add(`${name} (dist/${file})`);
+      }
+    }
+    assert.ok(files.length > 20);
+    assert.deepEqual([...missing], [], 'the runtime image installs with npm ci --omit=dev');
   });
 
   it("passes each tier's image health check, which finds the URL in the tier's own config (HTTPS for the post office)", async () => {
