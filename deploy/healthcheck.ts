@@ -42,21 +42,28 @@ function readNulSeparated(path: string): string[] {
 
 function inspectProcess(pid: number): Result<TierProcess> {
   let argv: string[];
-  let environ: string[];
-  let cwd: string;
   try {
     argv = readNulSeparated(`/proc/${pid}/cmdline`);
-    environ = readNulSeparated(`/proc/${pid}/environ`);
-    cwd = readlinkSync(`/proc/${pid}/cwd`);
   } catch (err) {
     return { ok: false, reason: `cannot read process ${pid}: ${(err as NodeJS.ErrnoException).code ?? String(err)}` };
   }
   const entry = argv.map((arg) => TIER_ENTRY.exec(arg)).find((match) => match !== null);
   if (!entry) return { ok: false, reason: `process ${pid} is not a hedwig tier: ${argv.join(' ')}` };
-  const env: NodeJS.ProcessEnv = {};
-  for (const pair of environ) {
-    const eq = pair.indexOf('=');
-    if (eq > 0) env[pair.slice(0, eq)] = pair.slice(eq + 1);
+  // environ and cwd need ptrace-read access to the process (same user, dumpable). Where a
+  // runtime denies it, our own environment and directory are the next best thing: a health
+  // check runs in the tier's container with the container's environment and working directory.
+  let env: NodeJS.ProcessEnv = process.env;
+  let cwd = process.cwd();
+  try {
+    env = {};
+    for (const pair of readNulSeparated(`/proc/${pid}/environ`)) {
+      const eq = pair.indexOf('=');
+      if (eq > 0) env[pair.slice(0, eq)] = pair.slice(eq + 1);
+    }
+    cwd = readlinkSync(`/proc/${pid}/cwd`);
+  } catch {
+    env = process.env;
+    cwd = process.cwd();
   }
   return { ok: true, value: { tier: entry[1] as Tier, argv, env, cwd } };
 }

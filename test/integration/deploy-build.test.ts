@@ -156,7 +156,10 @@ describe('the production build with the config/ examples', { timeout: 180_000 },
     const message = 'From: <alerts@example.com>\r\nTo: <bob@example.org>\r\nSubject: built\r\nMessage-ID: <built@example.com>\r\n\r\nfrom the compiled tiers\r\n';
     const sent = await run('msmtp', ['-C', '/dev/null', '--host=127.0.0.1', `--port=${mailmanPort}`, '--from=alerts@example.com', '--', 'bob@example.org'], { input: message });
     assert.equal(sent.code, 0, sent.stderr);
-    const [received] = await sink.waitForMessages(1, 30_000);
+    const [received] = await sink.waitForMessages(1, 30_000).catch((err: Error) => {
+      const recent = (tier: TierName) => JSON.stringify(tiers[tier]!.logs.slice(-5));
+      throw new Error(`${err.message}\nmailman: ${recent('mailman')}\npostoffice: ${recent('postoffice')}\nworker: ${recent('worker')}`);
+    });
     assert.deepEqual(received!.rcptTo, ['bob@example.org']);
     assert.ok(received!.raw.toString().endsWith(message), 'the message arrives unchanged below the fields the worker adds on top');
     assert.equal(received!.clientHostname, 'mail-out.example.com', "the worker's EHLO name from config/worker.yaml");
