@@ -3,10 +3,11 @@ import { failedList, failedReport, failedRetry, failedShow } from './commands/fa
 import { grep } from './commands/grep.ts';
 import { queueStats } from './commands/queue.ts';
 import { send } from './commands/send.ts';
+import { status } from './commands/status.ts';
 
 /** `hedwig <group> <command>` or `hedwig <command>`: dispatch, help and exit codes. */
 
-const COMMANDS: Command[] = [queueStats, failedList, failedShow, failedRetry, failedReport, grep, send];
+const COMMANDS: Command[] = [queueStats, failedList, failedShow, failedRetry, failedReport, grep, send, status];
 
 const USAGE = `Usage: hedwig <command> [options]     (hedwig <command> --help for details)
 

@@ -15,7 +15,7 @@ import { runWebhookLoop } from './webhook.ts';
  */
 export interface WorkerOperations {
   outcomes: OutcomeRecorder;
-  onTransaction(info: { tls: boolean; dkimSigned: boolean }): void;
+  onTransaction(info: { tls: boolean; dkimSigned: boolean; reused?: boolean }): void;
   /** After the delivery loops stopped: stops the dispatchers (an event being posted returns to the queue) and closes connections. */
   stop(): Promise<void>;
 }
@@ -33,9 +33,8 @@ export function startOperations(config: WorkerConfig, options: { registry: Regis
 
   return {
     outcomes: createOutcomeRecorder({ logger, metrics, ...(webhook ? { webhook } : {}) }),
-    onTransaction({ tls, dkimSigned }) {
-      // Every transaction runs on a connection of its own today (no pooling), hence "new".
-      metrics.smtpTransactions.inc({ tls: String(tls), connection: 'new' });
+    onTransaction({ tls, dkimSigned, reused }) {
+      metrics.smtpTransactions.inc({ tls: String(tls), connection: reused ? 'reused' : 'new' });
       metrics.dkimSignatures.inc({ result: dkimSigned ? 'signed' : 'unsigned' });
     },
     async stop() {

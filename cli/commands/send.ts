@@ -27,7 +27,7 @@ export async function composeTestMessage(options: { from: string; to: string[]; 
     date: new Date(options.now),
     messageId: `<${randomUUID()}@${host}>`,
     text: `A test message sent with \`hedwig send\` from ${host} at ${new Date(options.now).toISOString()}.\n`,
-    headers: { 'X-Hedwig-Test': 'yes' },
+    headers: { 'X-Mailer': 'hedwig send' },
   });
   return composer.compile().build();
 }
@@ -87,7 +87,7 @@ async function viaPostoffice(message: TestMessage, options: { url: string; fqdn:
   }
 }
 
-function readKey(env: NodeJS.ProcessEnv, keyFile: string | undefined): string {
+export function readKey(env: NodeJS.ProcessEnv, keyFile: string | undefined, command = 'send --via postoffice'): string {
   const file = keyFile ?? env.HEDWIG_KEY_FILE;
   if (file) {
     try {
@@ -97,7 +97,7 @@ function readKey(env: NodeJS.ProcessEnv, keyFile: string | undefined): string {
     }
   }
   if (env.HEDWIG_KEY) return env.HEDWIG_KEY;
-  throw usageError('send --via postoffice: the host key is needed: --key-file FILE, HEDWIG_KEY_FILE or HEDWIG_KEY');
+  throw usageError(`${command}: the host key is needed: --key-file FILE, HEDWIG_KEY_FILE or HEDWIG_KEY`);
 }
 
 export const send: Command = {
@@ -105,7 +105,7 @@ export const send: Command = {
   summary: 'send a test message through the relay (mailman or the post office)',
   help: `Usage: hedwig send --to ADDRESS [--from ADDRESS] [--via mailman|postoffice] [--json]
 
-Sends a short test message (subject "hedwig test", header X-Hedwig-Test: yes) and prints
+Sends a short test message (subject "hedwig test", header X-Mailer: hedwig send) and prints
 the id the relay gave it: follow it with \`hedwig grep ADDRESS\` on the logs.
 
   --to ADDRESS         recipient (repeatable)
