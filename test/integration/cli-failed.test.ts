@@ -225,7 +225,7 @@ describe('hedwig queue and failed commands', { timeout: 120_000 }, () => {
 
     await sink.waitForMessages(2, 15_000);
     assert.deepEqual(sink.messages.map((m) => m.rcptTo).sort(), [['x1@a.test'], ['x2@a.test']], 'only the matching recipients are sent again');
-    assert.equal(sink.messages[0]!.raw.toString(), MESSAGE);
+    assert.ok(sink.messages[0]!.raw.toString().endsWith(MESSAGE), 'the message of the failed record is what goes out again (the worker may add header fields on top)');
 
     // Left in the failed tube: M3 and M4 untouched, in their order, then what is left of M1.
     assert.deepEqual(summary(await list()), [
