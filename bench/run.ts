@@ -291,6 +291,21 @@ async function main(): Promise<void> {
     const sink = pipeline.sink ? await pipeline.sink.stats() : undefined;
     const heap = await pipeline.heapUsedMB();
     for (const [name, heapUsedMB] of Object.entries(heap)) if (processes[name]) Object.assign(processes[name], { heapUsedMB });
+    const benchCpuSeconds = (benchCpu.user + benchCpu.system) / 1e6;
+    const handled = args.mode === 'worker' ? (result.delivered ?? 0) : result.accepted;
+    const msPerMessage = (seconds: number) => (handled > 0 ? round((seconds * 1000) / handled, 3) : null);
+    const isHarness = (name: string) => name === 'sink';
+    const hedwigSeconds = Object.entries(processes).reduce((sum, [name, p]) => sum + (isHarness(name) ? 0 : p.cpuSecondsMeasured), 0);
+    const hedwigMs = msPerMessage(hedwigSeconds);
+    const cpuCost = {
+      msPerMessage: {
+        ...Object.fromEntries(Object.entries(processes).map(([name, p]) => [name, msPerMessage(p.cpuSecondsMeasured)])),
+        bench: msPerMessage(benchCpuSeconds),
+        hedwig: hedwigMs,
+      },
+      // What the CPU cost alone allows if hedwig had every core to itself (the sink and the load generator elsewhere).
+      ceilingPerSecondOnTheseCores: hedwigMs ? Math.round((cpus().length * 1000) / hedwigMs) : null,
+    };
     const report = {
       mode: args.mode,
       command: `npm run bench -- ${process.argv.slice(2).join(' ')}`.trim(),
@@ -311,15 +326,16 @@ async function main(): Promise<void> {
       // Warm-up messages included: the sink checks each arrival for a DKIM-Signature field.
       sink: sink ? { received: sink.received, dkimSigned: sink.dkimSigned, connections: sink.connections } : null,
       result,
+      cpuCost,
       processes: {
         ...processes,
         bench: {
           peakRssMB: round(process.resourceUsage().maxRSS / 1024),
-          cpuSecondsMeasured: round((benchCpu.user + benchCpu.system) / 1e6, 2),
+          cpuSecondsMeasured: round(benchCpuSeconds, 2),
         },
       },
       notes: [
-        'cpuSecondsMeasured: CPU time (user+system) during the measured run only; peakRssMB: VmHWM over the whole process life; heapUsedMB: live V8 heap at the end (from the tier\'s /metrics).',
+        'cpuSecondsMeasured: CPU time (user+system) during the measured run only; peakRssMB: VmHWM over the whole process life; heapUsedMB: live V8 heap at the end (from the tier\'s /metrics); cpuCost.msPerMessage.hedwig: mailman, post office, worker(s) and beanstalkd together.',
         ...(args.mode !== 'postoffice' && !pipeline.dkim ? ['the worker has no dkim config key yet: messages were not DKIM-signed'] : []),
       ],
     };
