@@ -178,7 +178,9 @@ describe('faults under load', { timeout: 240_000 }, () => {
     // Evidence that each fault really hit traffic, so a quiet run cannot pass by accident.
     assert.ok(load.failures.ECONNREFUSED || load.failures.ECONNRESET || load.failures.ECLOSED, 'clients saw mailman go away');
     assert.ok(events('mailman', 'spooled').length > 0, 'mailman spooled while the post office was down');
-    assert.ok(events('worker', 'deferred').length >= 5, 'the worker deferred the deliveries the MX dropped');
+    // A drop on a fresh connection defers the recipient; on a kept one the worker reconnects at once.
+    const recovered = events('worker', 'deferred').length + events('worker', 'connection_lost').length;
+    assert.ok(recovered >= 5, `the worker recovered from the five dropped transactions (deferred or connection_lost: ${recovered})`);
     assert.equal(sink.stalled, 0);
 
     const probe = new BeanstalkClient({ host: '127.0.0.1', port: beanstalkd.port });
