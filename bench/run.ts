@@ -10,7 +10,7 @@ import { cpus, loadavg, release, tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { BeanstalkClient } from '../shared/beanstalk.ts';
 import { TUBE, encodeJob, type OutboundJob } from '../shared/job.ts';
-import { parseBenchArgs, type BenchArgs } from './args.ts';
+import { USAGE, parseBenchArgs, type BenchArgs } from './args.ts';
 import { runHttpLoad } from './http-load.ts';
 import { BENCH_SENDER, benchMessage, recipientFor } from './message.ts';
 import { BENCH_FQDN, Pipeline } from './pipeline.ts';
@@ -254,7 +254,12 @@ async function main(): Promise<void> {
   try {
     args = parseBenchArgs(process.argv.slice(2));
   } catch (err) {
-    process.stderr.write(`${(err as Error).message}\n`);
+    const message = (err as Error).message;
+    if (message === USAGE) {
+      process.stdout.write(`${USAGE}\n`);
+      return;
+    }
+    process.stderr.write(`${message}\n`);
     process.exitCode = 64;
     return;
   }
