@@ -46,6 +46,7 @@ export type FivebeansCommand =
   | 'list_tubes_watched'
   | 'stats'
   | 'stats_tube'
+  | 'pause_tube'
   | 'stats_job';
 
 // The package root also loads the worker/runner (yargs, config files): take only the client.

@@ -243,6 +243,11 @@ export class BeanstalkClient extends EventEmitter {
     return toStats(parsed);
   }
 
+  /** Holds back reserves from `tube` for `seconds`, for every client (a shared back-off). Rejects NOT_FOUND when the tube does not exist. */
+  async pauseTube(tube: string, seconds: number): Promise<void> {
+    await this.run('pause_tube', [checkTube(tube), checkUint(seconds, 'pause delay')]);
+  }
+
   async statsJob(id: string): Promise<Stats> {
     const [parsed] = await this.run('stats_job', [checkJobId(id)]);
     return toStats(parsed);

@@ -4,7 +4,7 @@ import { z } from 'zod';
 import { loadConfig, parseHostPort } from '../shared/config.ts';
 import { webhookConfigSchema } from './webhook.ts';
 import { mailbox, TUBE } from '../shared/job.ts';
-import { dkimSchema, headersSchema } from './identity-config.ts';
+import { connectionsSchema, dkimSchema, headersSchema, limitsSchema, sourceSchema, tlsSchema } from './identity-config.ts';
 
 const DEFAULT_BEANSTALK_PORT = 11300;
 const DEFAULT_DNS_PORT = 53;
@@ -99,6 +99,11 @@ export const workerConfigSchema = z
     /** DKIM keys per signing domain; see worker/identity-config.ts. */
     dkim: dkimSchema,
     headers: headersSchema,
+    /** TLS policy, source addresses, connection reuse, per-destination limits; see worker/identity-config.ts. */
+    tls: tlsSchema,
+    source: sourceSchema,
+    connections: connectionsSchema,
+    limits: limitsSchema,
     /** Delivery events to an operator's URL (worker/webhook.ts); off when absent. */
     webhook: webhookConfigSchema.optional(),
     ops: z

@@ -1,10 +1,14 @@
-import { isIP } from 'node:net';
 import SMTPConnection from 'nodemailer/lib/smtp-connection';
 import type { Logger } from '../shared/logger.ts';
 import { isAscii } from '../shared/address.ts';
+import { errorCode } from '../shared/errors.ts';
 import { classifyError, classifyReply, parseReply, type Verdict } from './classify.ts';
+import { asksToBackOff, type Destination, type Limiter } from './limits.ts';
 import type { MxHost } from './mx.ts';
-import { prepareMessage, type OutgoingSettings } from './outgoing.ts';
+import { prepareMessage, signingDomainOf, type OutgoingSettings } from './outgoing.ts';
+import { createConnectionPool, type PooledConnection, type PoolSettings } from './pool.ts';
+import { createSourceSelector, type Source, type SourceSettings } from './source-ip.ts';
+import { BrokenTlsHosts, connectionTlsOptions, isTlsFailure, tlsDetails, tlsModeFor, tlsPolicyVerdict, type TlsMode, type TlsPolicySettings } from './tls-policy.ts';
 
 /**
  * One SMTP transaction per destination domain, carrying all of its recipients.
@@ -13,6 +17,12 @@ import { prepareMessage, type OutgoingSettings } from './outgoing.ts';
  * worker must know *where* a failure happened: before the transaction (connection refused,
  * timeout, 4xx/5xx greeting, TLS) the next MX address is tried in the same attempt; once
  * MAIL FROM has been sent, the replies decide the recipients' outcomes.
+ *
+ * Around that: the message is prepared (header edits, DKIM) once per delivery; each
+ * connection gets a source address and EHLO name (source-ip.ts), the destination's TLS
+ * policy (tls-policy.ts) and a connection slot (limits.ts), and is kept for the next
+ * message to the same server from the same source (pool.ts); each transaction takes a
+ * message slot.
  */
 
 export interface RecipientResult extends Verdict {
@@ -36,26 +46,35 @@ export interface DeliveryRequest {
 }
 
 export interface DelivererOptions {
+  /** EHLO name when no source address pool is configured. */
   ehloName: string;
   timeouts: { connectMs: number; greetingMs: number; socketMs: number };
   logger: Logger;
   /** Called for every TCP connection attempt (metrics). */
   onConnection?: () => void;
   /** Called for every SMTP transaction started (metrics: TLS use, DKIM). */
-  onTransaction?: (info: { tls: boolean; dkimSigned: boolean }) => void;
+  onTransaction?: (info: { tls: boolean; dkimSigned: boolean; reused: boolean }) => void;
   /** Aborting closes every open SMTP connection (shutdown). */
   signal?: AbortSignal;
   /** Addresses tried per delivery across all MX hosts (Postfix's smtp_mx_address_limit is 5). */
   maxAddresses?: number;
-  /** How long an address whose TLS handshake failed is spoken to in plaintext. */
-  tlsFailureMemoryMs?: number;
   now?: () => number;
   /** Header edits and DKIM keys; default: header edits only, no signing, no Received field. */
   outgoing?: OutgoingSettings;
+  /** Default: opportunistic STARTTLS (`may`) everywhere, broken hosts remembered for an hour. */
+  tls?: TlsPolicySettings;
+  /** Default: no pool, the operating system picks the address, `ehloName`. */
+  source?: SourceSettings;
+  /** Default: no reuse (every transaction on its own connection). */
+  connections?: PoolSettings;
+  /** Default: no limits, and no back-off. */
+  limiter?: Limiter;
 }
 
 export interface Deliverer {
   deliver(request: DeliveryRequest): Promise<RecipientResult[]>;
+  /** Closes idle connections and the limiter's beanstalkd connection. */
+  close?(): Promise<void>;
 }
 
 /**
@@ -66,6 +85,8 @@ export interface Deliverer {
 interface ConnectionInternals {
   _supportedExtensions?: unknown;
   _envelope?: { rejectedErrors?: unknown };
+  _socket?: unknown;
+  _destroyed?: unknown;
 }
 
 type RecipientError = { recipient?: unknown };
@@ -90,9 +111,8 @@ function localAddressOf(connection: SMTPConnection): string | undefined {
   return typeof socket?.localAddress === 'string' ? socket.localAddress : undefined;
 }
 
-function isTlsFailure(err: unknown): boolean {
-  const e = err as { code?: unknown; command?: unknown; timeoutType?: unknown };
-  return e?.code === 'ETLS' || e?.command === 'STARTTLS' || e?.timeoutType === 'UPGRADE_TIMEOUT';
+function socketOf(connection: SMTPConnection): unknown {
+  return (connection as unknown as ConnectionInternals)._socket;
 }
 
 const NON_ASCII_REFUSED: Verdict = {
@@ -103,32 +123,49 @@ const NON_ASCII_REFUSED: Verdict = {
   response: '553 5.6.7 non-ASCII address and the receiving server does not support SMTPUTF8',
 };
 
+const DEFAULT_TLS: TlsPolicySettings = { policy: 'may', domains: {}, brokenHostMemoryMs: 3_600_000 };
+const NO_REUSE: PoolSettings = { maxMessagesPerConnection: 1, idleTimeoutMs: 0 };
+
+/** A server's reply that ended the transaction: it leaves the session usable after RSET (nodemailer's pool does the same). */
+function leavesSessionUsable(err: unknown): boolean {
+  const e = err as { code?: unknown; responseCode?: unknown };
+  return (e.code === 'EENVELOPE' || e.code === 'EMESSAGE') && e.responseCode !== 421;
+}
+
+/** No reply at all: a kept connection the server had already closed. Safe to try again on a new one. */
+function lostConnection(err: unknown): boolean {
+  const e = err as { response?: unknown };
+  const code = errorCode(err);
+  return typeof e.response !== 'string' && (code === 'ECONNECTION' || code === 'ESOCKET');
+}
+
+type Transaction = { kind: 'results'; results: RecipientResult[] } | { kind: 'lost' };
+
+/** How one MX address ended: results, a connection-stage failure (try the next), or a limit refusal (stop). */
+type AddressOutcome =
+  | { kind: 'results'; results: RecipientResult[] }
+  | { kind: 'failed'; verdict: Verdict }
+  | { kind: 'refused'; verdict: Verdict };
+
 export function createDeliverer(options: DelivererOptions): Deliverer {
   const maxAddresses = options.maxAddresses ?? 10;
-  const tlsFailureMemoryMs = options.tlsFailureMemoryMs ?? 3_600_000;
   const now = options.now ?? Date.now;
   const outgoing: OutgoingSettings = options.outgoing ?? { hostname: options.ehloName, dkim: new Map(), received: false };
-  /** address -> until when STARTTLS is skipped for it. */
-  const tlsBroken = new Map<string, number>();
+  const tls = options.tls ?? DEFAULT_TLS;
+  const brokenTls = new BrokenTlsHosts(tls.brokenHostMemoryMs, now);
+  const sources = createSourceSelector(options.source ?? { addresses: [], selection: 'round-robin', senderDomains: {} }, options.ehloName);
+  const pool = createConnectionPool(options.connections ?? NO_REUSE);
+  const limiter = options.limiter;
+  options.signal?.addEventListener('abort', () => pool.closeIdle(), { once: true });
 
-  function skipTls(address: string): boolean {
-    const until = tlsBroken.get(address);
-    if (until === undefined) return false;
-    if (until > now()) return true;
-    tlsBroken.delete(address);
-    return false;
-  }
-
-  function open(host: MxHost, address: string, ignoreTLS: boolean): SMTPConnection {
+  function open(host: MxHost, address: string, source: Source, mode: TlsMode, plaintext: boolean): SMTPConnection {
     options.onConnection?.();
     const connection = new SMTPConnection({
       host: address,
       port: host.port,
-      name: options.ehloName,
-      // Opportunistic TLS: an unverifiable certificate still beats plaintext (RFC 7435).
-      tls: { rejectUnauthorized: false, ...(isIP(host.name) === 0 ? { servername: host.name } : {}) },
-      opportunisticTLS: true,
-      ignoreTLS,
+      name: source.ehloName,
+      ...(source.localAddress ? { localAddress: source.localAddress } : {}),
+      ...connectionTlsOptions(mode, host.name, tls, plaintext),
       connectionTimeout: options.timeouts.connectMs,
       greetingTimeout: options.timeouts.greetingMs,
       socketTimeout: options.timeouts.socketMs,
@@ -139,16 +176,21 @@ export function createDeliverer(options: DelivererOptions): Deliverer {
     return connection;
   }
 
-  /** Resolves once EHLO (and STARTTLS when offered) is done; rejects with the failure otherwise. */
+  /**
+   * Resolves once EHLO (and STARTTLS when offered) is done; rejects with the failure
+   * otherwise. A failure while the TLS handshake runs surfaces from nodemailer as a plain
+   * socket error (ESOCKET): it is marked so the TLS policy sees it for what it is.
+   */
   function handshake(connection: SMTPConnection): Promise<void> {
     return new Promise<void>((resolve, reject) => {
-      const onEnd = () => reject(Object.assign(new Error('Connection closed during the handshake'), { code: 'ECONNECTION' }));
-      connection.once('error', reject);
+      const fail = (err: unknown) => reject(connection.upgrading && err && typeof err === 'object' ? Object.assign(err, { tlsHandshake: true }) : err);
+      const onEnd = () => fail(Object.assign(new Error('Connection closed during the handshake'), { code: 'ECONNECTION' }));
+      connection.once('error', fail);
       connection.once('end', onEnd);
       connection.connect((err) => {
-        connection.off('error', reject);
+        connection.off('error', fail);
         connection.off('end', onEnd);
-        if (err) reject(err);
+        if (err) fail(err);
         else resolve();
       });
     });
@@ -166,16 +208,41 @@ export function createDeliverer(options: DelivererOptions): Deliverer {
     });
   }
 
-  /** Verdicts for every recipient once a transaction was started on `connection`. */
-  async function transaction(connection: SMTPConnection, host: MxHost, request: DeliveryRequest): Promise<RecipientResult[]> {
+  /** RSET before reuse; false (close it) when the server does not answer in time or the connection ends first. */
+  function reset(connection: SMTPConnection): Promise<boolean> {
+    return new Promise((resolve) => {
+      const done = (ok: boolean) => {
+        clearTimeout(timer);
+        connection.off('end', onEnd);
+        resolve(ok);
+      };
+      const onEnd = () => done(false);
+      const timer = setTimeout(() => done(false), options.timeouts.greetingMs);
+      connection.once('end', onEnd);
+      try {
+        connection.reset((err) => done(!err));
+      } catch {
+        done(false);
+      }
+    });
+  }
+
+  /** Verdicts for every recipient once a transaction was started on `pooled`; hands the connection back to the pool or closes it. */
+  async function transaction(pooled: PooledConnection, host: MxHost, request: DeliveryRequest): Promise<Transaction> {
+    const { connection } = pooled;
     const results: RecipientResult[] = [];
     let recipients = request.recipients;
     if (supportsSmtpUtf8(connection) === false) {
       const needsUtf8 = (address: string) => !isAscii(address) || !isAscii(request.from);
       for (const recipient of recipients.filter(needsUtf8)) results.push({ recipient, mx: host.name, ...NON_ASCII_REFUSED });
       recipients = recipients.filter((r) => !needsUtf8(r));
-      if (recipients.length === 0) return results;
+      if (recipients.length === 0) {
+        pool.give(pooled);
+        return { kind: 'results', results };
+      }
     }
+    const reused = pooled.messages > 0;
+    pooled.messages++;
     try {
       const info = await send(connection, request, recipients);
       const accepted = new Set(info.accepted);
@@ -188,8 +255,12 @@ export function createDeliverer(options: DelivererOptions): Deliverer {
         else if (accepted.has(recipient)) results.push({ recipient, mx: host.name, ...delivered });
         else results.push({ recipient, mx: host.name, outcome: 'deferred', greylisted: false, response: 'no reply for this recipient' });
       }
-      connection.quit();
+      pool.give(pooled);
     } catch (err) {
+      if (reused && lostConnection(err)) {
+        pool.discard(pooled, 'close');
+        return { kind: 'lost' };
+      }
       const e = err as { command?: unknown; rejectedErrors?: unknown };
       // A rejected MAIL FROM is the verdict for everyone, even if pipelined RCPTs got 503s after it.
       const rcptErrors = e.command === 'MAIL FROM' ? new Map<string, unknown>() : rcptErrorsOf(connection);
@@ -201,9 +272,20 @@ export function createDeliverer(options: DelivererOptions): Deliverer {
         const own = rcptErrors.get(recipient);
         results.push({ recipient, mx: host.name, ...(own ? classifyError(own) : shared) });
       }
-      connection.close();
+      if (leavesSessionUsable(err) && !(connection as unknown as ConnectionInternals)._destroyed && (await reset(connection))) pool.give(pooled);
+      else pool.discard(pooled, 'close');
     }
-    return results;
+    return { kind: 'results', results };
+  }
+
+  function poolKey(address: string, port: number, source: Source, mode: TlsMode, plaintext: boolean, mxName: string): string {
+    // Under verify the certificate is checked against the MX name, so the name is part of what must match.
+    return [address, port, source.localAddress ?? '', source.ehloName, mode, plaintext ? 'plain' : 'tls', mode === 'verify' ? mxName : ''].join('|');
+  }
+
+  async function connectionSlot(destination: Destination): Promise<{ ok: true; release: () => void } | { ok: false; verdict: Verdict }> {
+    if (!limiter) return { ok: true, release: () => {} };
+    return limiter.connectionSlot(destination, options.signal, () => pool.closeIdle(destination.key));
   }
 
   return {
@@ -220,60 +302,125 @@ export function createDeliverer(options: DelivererOptions): Deliverer {
       }
       const message = { ...request, raw: prepared.raw };
       const signedBy = prepared.signedBy ? `${prepared.signedBy.domain}/${prepared.signedBy.selector}` : undefined;
+      const mode = tlsModeFor(tls, request.domain);
+      const senderDomain = signingDomainOf(request.from, outgoing);
+      const destination: Destination = limiter?.destinationFor(request.domain, request.hosts.map((h) => h.name)) ?? { key: request.domain, limit: {} };
       const candidates = request.hosts.flatMap((host) => host.addresses.map((address) => ({ host, address }))).slice(0, maxAddresses);
       let last: { verdict: Verdict; mx: string } | undefined;
+      let askedToBackOff: Verdict | undefined;
 
-      for (const { host, address } of candidates) {
-        let ignoreTLS = skipTls(address);
+      /** One MX address: reuse or open a connection (falling back to plaintext under `may`), then the transaction. */
+      async function atAddress(host: MxHost, address: string, source: Source): Promise<AddressOutcome> {
+        let plaintext = mode === 'may' && brokenTls.has(address);
+        let reuse = true;
         for (;;) {
-          if (options.signal?.aborted) break;
-          const connection = open(host, address, ignoreTLS);
+          if (options.signal?.aborted) return { kind: 'failed', verdict: { outcome: 'deferred', greylisted: false, response: 'delivery interrupted by shutdown' } };
+          const key = poolKey(address, host.port, source, mode, plaintext, host.name);
+          let pooled = reuse ? pool.take(key) : undefined;
+          const reused = pooled !== undefined;
+          if (!pooled) {
+            const slot = await connectionSlot(destination);
+            if (!slot.ok) return { kind: 'refused', verdict: slot.verdict };
+            const connection = open(host, address, source, mode, plaintext);
+            pooled = pool.track(connection, key, destination.key, slot.release);
+            const abort = () => connection.close();
+            options.signal?.addEventListener('abort', abort, { once: true });
+            try {
+              await handshake(connection);
+            } catch (err) {
+              pool.discard(pooled, 'close');
+              const verdict = mode === 'encrypt' || mode === 'verify' ? (isTlsFailure(err) ? tlsPolicyVerdict(mode, request.domain, host.name, err) : classifyError(err)) : classifyError(err);
+              log.info({ event: 'attempt', mx: host.name, address, port: host.port, sourceIp: source.localAddress, tlsPolicy: mode, stage: 'connect', outcome: verdict.outcome, response: verdict.response });
+              if (asksToBackOff(verdict.response)) askedToBackOff = verdict;
+              if (mode === 'may' && !plaintext && isTlsFailure(err)) {
+                // Remember the broken TLS and retry this address in plaintext right away.
+                brokenTls.remember(address);
+                plaintext = true;
+                continue;
+              }
+              return { kind: 'failed', verdict };
+            } finally {
+              options.signal?.removeEventListener('abort', abort);
+            }
+          }
+          const messageSlot = limiter ? await limiter.messageSlot(destination, options.signal) : ({ ok: true } as const);
+          if (!messageSlot.ok) {
+            pool.give(pooled);
+            return { kind: 'refused', verdict: messageSlot.verdict };
+          }
+          const { connection } = pooled;
           const abort = () => connection.close();
           options.signal?.addEventListener('abort', abort, { once: true });
+          let outcome: Transaction;
           try {
-            await handshake(connection);
-            const sourceIp = localAddressOf(connection);
-            options.onTransaction?.({ tls: connection.secure, dkimSigned: signedBy !== undefined });
-            const results = await transaction(connection, host, message);
-            const count = (outcome: string) => results.filter((r) => r.outcome === outcome).length;
-            log.info({
-              event: 'attempt',
-              mx: host.name,
-              address,
-              port: host.port,
-              sourceIp,
-              tls: connection.secure,
-              dkim: signedBy,
-              stage: 'transaction',
-              delivered: count('delivered'),
-              deferred: count('deferred'),
-              bounced: count('bounced'),
-              response: results.find((r) => r.outcome === 'delivered')?.response ?? results[0]?.response,
-            });
-            return results;
-          } catch (err) {
-            connection.close();
-            const verdict = classifyError(err);
-            log.info({ event: 'attempt', mx: host.name, address, port: host.port, stage: 'connect', outcome: verdict.outcome, response: verdict.response });
-            last = { verdict, mx: host.name };
-            if (isTlsFailure(err) && !ignoreTLS) {
-              // Remember the broken TLS and retry this address in plaintext right away.
-              tlsBroken.set(address, now() + tlsFailureMemoryMs);
-              ignoreTLS = true;
-              continue;
-            }
+            options.onTransaction?.({ tls: connection.secure, dkimSigned: signedBy !== undefined, reused });
+            outcome = await transaction(pooled, host, message);
           } finally {
             options.signal?.removeEventListener('abort', abort);
           }
-          break;
+          if (outcome.kind === 'lost') {
+            log.info({ event: 'connection_lost', mx: host.name, address }, 'a kept connection was closed by the server; opening a new one');
+            reuse = false;
+            continue;
+          }
+          const results = outcome.results;
+          const count = (what: string) => results.filter((r) => r.outcome === what).length;
+          log.info({
+            event: 'attempt',
+            mx: host.name,
+            address,
+            port: host.port,
+            sourceIp: localAddressOf(connection) ?? source.localAddress,
+            ehloName: source.ehloName,
+            reused,
+            tls: connection.secure,
+            tlsPolicy: mode,
+            ...tlsDetails(connection.secure ? socketOf(connection) : undefined),
+            dkim: signedBy,
+            stage: 'transaction',
+            delivered: count('delivered'),
+            deferred: count('deferred'),
+            bounced: count('bounced'),
+            response: results.find((r) => r.outcome === 'delivered')?.response ?? results[0]?.response,
+          });
+          const backOff = results.find((r) => r.outcome !== 'delivered' && asksToBackOff(r.response));
+          if (backOff) {
+            const { outcome: _outcome, greylisted, responseCode, enhancedCode, response } = backOff;
+            askedToBackOff = { outcome: 'deferred', greylisted, responseCode, enhancedCode, response };
+          }
+          return { kind: 'results', results };
         }
-        if (options.signal?.aborted) break;
       }
 
+      let results: RecipientResult[] | undefined;
+      for (const { host, address } of candidates) {
+        if (options.signal?.aborted) break;
+        const source = sources.pick(senderDomain, address);
+        if (!source) {
+          last = { verdict: { outcome: 'deferred', greylisted: false, response: `no source address of the family of ${address} in the pool` }, mx: host.name };
+          continue;
+        }
+        const outcome = await atAddress(host, address, source);
+        if (outcome.kind === 'results') {
+          results = outcome.results;
+          break;
+        }
+        last = { verdict: outcome.verdict, mx: host.name };
+        if (outcome.kind === 'refused') break;
+      }
+
+      // A destination that asked us to slow down, and took nothing from us this time, gets a pause.
+      if (askedToBackOff !== undefined && limiter && !results?.some((r) => r.outcome === 'delivered')) limiter.backOff(destination, askedToBackOff);
+      if (results) return results;
       const verdict: Verdict = options.signal?.aborted
         ? { outcome: 'deferred', greylisted: false, response: 'delivery interrupted by shutdown' }
         : (last?.verdict ?? { outcome: 'deferred', greylisted: false, response: 'no MX address to try' });
       return request.recipients.map((recipient) => ({ recipient, ...(last ? { mx: last.mx } : {}), ...verdict }));
+    },
+
+    async close() {
+      pool.closeIdle();
+      await limiter?.close();
     },
   };
 }

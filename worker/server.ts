@@ -4,7 +4,10 @@ import type { Logger } from '../shared/logger.ts';
 import { createRegistry, startOpsServer, type OpsServer } from '../shared/ops-server.ts';
 import type { WorkerConfig } from './config.ts';
 import { createDeliverer } from './deliver.ts';
-import { outgoingSettingsFrom } from './identity-config.ts';
+import { limitSettingsFrom, outgoingSettingsFrom, shapingSettingsFrom } from './identity-config.ts';
+import { createLimiter } from './limits.ts';
+import { unusableSourceAddresses } from './source-ip.ts';
+import { HedwigError } from '../shared/errors.ts';
 import { createWorkerMetrics } from './metrics.ts';
 import { createMxResolver } from './mx.ts';
 import { startOperations } from './operations.ts';
@@ -27,6 +30,10 @@ function delay(ms: number): Promise<void> {
 
 export async function startWorker(config: WorkerConfig, options: { logger: Logger; registry?: Registry }): Promise<RunningWorker> {
   const { logger } = options;
+  const unusable = await unusableSourceAddresses(config.source.addresses.map((a) => a.address));
+  if (unusable.length > 0) {
+    throw new HedwigError('STARTUP_FAILED', `source.addresses: this host cannot send from ${unusable.map((u) => `${u.address} (${u.reason})`).join(', ')}`);
+  }
   const registry = options.registry ?? createRegistry('worker');
   const metrics = createWorkerMetrics(registry);
   const abortDeliveries = new AbortController();
@@ -50,6 +57,8 @@ export async function startWorker(config: WorkerConfig, options: { logger: Logge
       onTransaction: (info) => operations.onTransaction(info),
       signal: abortDeliveries.signal,
       outgoing: outgoingSettingsFrom(config),
+      ...shapingSettingsFrom(config),
+      limiter: createLimiter(limitSettingsFrom(config), { logger }),
     }),
     metrics,
     logger,
@@ -100,6 +109,8 @@ export async function startWorker(config: WorkerConfig, options: { logger: Logge
     // Jobs still reserved go back to ready when their connection closes.
     await Promise.all(clients.map((c) => c.close()));
     await allLoops;
+    // Idle SMTP connections (QUIT) and the limits connection (frees any slot still held).
+    await deps.deliverer.close?.();
     await operations.stop();
     await ops.stop();
   }

@@ -34,6 +34,8 @@ export interface SmtpSinkScript {
   dropDuringData?: boolean | Scripted;
   /** Take the whole message but never reply to it (a hung server); see `stalled`. */
   stallAfterData?: boolean | Scripted;
+  /** Wait this long before answering the end of DATA (keeps sessions open, to see them overlap). */
+  dataDelayMs?: number;
 }
 
 export interface SinkMessage {
@@ -59,6 +61,10 @@ export interface SmtpSinkOptions {
   script?: SmtpSinkScript;
   /** Offer STARTTLS with smtp-server's built-in test certificate. Default false. */
   starttls?: boolean;
+  /** The certificate STARTTLS presents instead of smtp-server's built-in self-signed one (PEM). */
+  tls?: { key: string | Buffer; cert: string | Buffer };
+  /** TLS versions the sink accepts, e.g. 'TLSv1' to make a modern client's handshake fail. */
+  tlsMaxVersion?: 'TLSv1' | 'TLSv1.1' | 'TLSv1.2' | 'TLSv1.3';
   /** Advertised SIZE limit in bytes; larger messages get 552. */
   size?: number;
 }
@@ -70,6 +76,10 @@ export interface SmtpSink {
   messages: SinkMessage[];
   /** Connections opened so far, refused greetings included. */
   readonly connections: number;
+  /** The most connections that were open at the same time. */
+  readonly maxConcurrentConnections: number;
+  /** Connections open right now. */
+  readonly openConnections: number;
   /** Messages received and left without a reply by `stallAfterData`. */
   readonly stalled: number;
   /** Mutable: change it to change how the sink answers from the next command on. */
@@ -92,6 +102,8 @@ export async function startSmtpSink(options: SmtpSinkOptions = {}): Promise<Smtp
   const port = options.port ?? (await freePort(host));
   const messages: SinkMessage[] = [];
   let connections = 0;
+  let open = 0;
+  let maxConcurrent = 0;
   let stalled = 0;
   const used = new WeakMap<object, number>();
   const sink = { script: options.script ?? {} };
@@ -115,12 +127,17 @@ export async function startSmtpSink(options: SmtpSinkOptions = {}): Promise<Smtp
     disableReverseLookup: true,
     hideENHANCEDSTATUSCODES: true,
     hideSTARTTLS: !options.starttls,
+    ...(options.tls ? { key: options.tls.key, cert: options.tls.cert } : {}),
+    ...(options.tlsMaxVersion ? { maxVersion: options.tlsMaxVersion, minVersion: 'TLSv1' as const } : {}),
     authOptional: true,
-    disabledCommands: ['AUTH'],
+    // Without starttls the command is refused, not just left out of EHLO (a client that insists gets an error).
+    disabledCommands: options.starttls ? ['AUTH'] : ['AUTH', 'STARTTLS'],
     closeTimeout: 500,
     ...(options.size ? { size: options.size } : {}),
     onConnect(_session, callback) {
       connections++;
+      open++;
+      maxConcurrent = Math.max(maxConcurrent, open);
       const greeting = active(sink.script.greeting);
       callback(greeting ? replyError(greeting) : null);
     },
@@ -163,8 +180,13 @@ export async function startSmtpSink(options: SmtpSinkOptions = {}): Promise<Smtp
           secure: session.secure,
           receivedAt: new Date(),
         });
-        callback(null, 'OK queued');
+        const delayMs = sink.script.dataDelayMs ?? 0;
+        if (delayMs > 0) setTimeout(() => callback(null, 'OK queued'), delayMs);
+        else callback(null, 'OK queued');
       });
+    },
+    onClose() {
+      open--;
     },
   });
 
@@ -193,6 +215,12 @@ export async function startSmtpSink(options: SmtpSinkOptions = {}): Promise<Smtp
     messages,
     get connections() {
       return connections;
+    },
+    get maxConcurrentConnections() {
+      return maxConcurrent;
+    },
+    get openConnections() {
+      return open;
     },
     get stalled() {
       return stalled;

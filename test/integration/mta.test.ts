@@ -105,6 +105,8 @@ describe('the worker as an MTA', { timeout: 120_000 }, () => {
       allowPrivateAddresses: true,
       timeouts: { connectMs: 2000, greetingMs: 2000, socketMs: 5000 },
       retry,
+      // Each retry must meet the MX's script anew (and be counted as a connection): no kept connections.
+      connections: { idleTimeoutMs: 0 },
       bounces: { enabled: true, from: MAILER_DAEMON, ...bounces },
       ops: { host: '127.0.0.1', port: 0 },
       shutdownGraceMs: 2000,

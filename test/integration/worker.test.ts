@@ -53,6 +53,8 @@ describe('worker', { timeout: 90_000 }, () => {
       allowPrivateAddresses: true,
       timeouts: { connectMs: 3000, greetingMs: 3000, socketMs: 5000 },
       retry: { delaysSeconds: [60], maxLifetimeSeconds: 3600 },
+      // Tests script each new session (e.g. a 421 greeting): a kept connection would skip the script.
+      connections: { idleTimeoutMs: 0 },
       ops: { host: '127.0.0.1', port: 0 },
       shutdownGraceMs: 3000,
     });
