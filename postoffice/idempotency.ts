@@ -7,11 +7,27 @@
  * balancer, or a restart, can each queue a retried message once. Delivery is
  * at-least-once anyway; the key only removes the common duplicates (client retries
  * after a lost response). Bounded: past `maxEntries` the oldest entries are forgotten.
+ *
+ * Entries are kept lean because there can be 100,000 of them: while the put is under way
+ * an object with a promise that retries can wait on; once it is done, one packed string
+ * "expiresAt<TAB>fingerprint<TAB>id" (a settled promise with its resolvers, or even a
+ * small object, costs several times more). Neither fingerprints nor ids contain tabs.
  */
-interface Entry {
+interface Pending {
   fingerprint: string;
   id: Promise<string>;
   expiresAtMs: number;
+}
+type Completed = string;
+
+function unpack(entry: Pending | Completed): { fingerprint: string; id: string | Promise<string>; expiresAtMs: number } {
+  if (typeof entry !== 'string') return entry;
+  const [expiresAtMs, fingerprint, id] = entry.split('\t') as [string, string, string];
+  return { fingerprint, id, expiresAtMs: Number(expiresAtMs) };
+}
+
+function expiresAtMs(entry: Pending | Completed): number {
+  return typeof entry === 'string' ? Number(entry.slice(0, entry.indexOf('\t'))) : entry.expiresAtMs;
 }
 
 export type IdempotencyClaim =
@@ -20,7 +36,7 @@ export type IdempotencyClaim =
   | { status: 'mismatch' };
 
 export class IdempotencyStore {
-  readonly #entries = new Map<string, Entry>();
+  readonly #entries = new Map<string, Pending | Completed>();
   readonly #ttlMs: number;
   readonly #maxEntries: number;
 
@@ -32,9 +48,10 @@ export class IdempotencyStore {
   claim(scope: string, key: string, fingerprint: string, nowMs: number): IdempotencyClaim {
     this.#prune(nowMs);
     const name = `${scope}\n${key}`;
-    const existing = this.#entries.get(name);
+    const stored = this.#entries.get(name);
+    const existing = stored === undefined ? undefined : unpack(stored);
     if (existing && existing.expiresAtMs > nowMs) {
-      return existing.fingerprint === fingerprint ? { status: 'duplicate', id: existing.id } : { status: 'mismatch' };
+      return existing.fingerprint === fingerprint ? { status: 'duplicate', id: Promise.resolve(existing.id) } : { status: 'mismatch' };
     }
     let resolve!: (id: string) => void;
     let reject!: (reason: unknown) => void;
@@ -43,16 +60,19 @@ export class IdempotencyStore {
       reject = rej;
     });
     id.catch(() => {}); // nobody may be waiting; the first request handles the failure itself
-    const entry: Entry = { fingerprint, id, expiresAtMs: nowMs + this.#ttlMs };
+    const pending: Pending = { fingerprint, id, expiresAtMs: nowMs + this.#ttlMs };
     this.#entries.delete(name);
-    this.#entries.set(name, entry);
+    this.#entries.set(name, pending);
     while (this.#entries.size > this.#maxEntries) this.#entries.delete(this.#entries.keys().next().value!);
     return {
       status: 'new',
-      complete: resolve,
+      complete: (messageId) => {
+        if (this.#entries.get(name) === pending) this.#entries.set(name, [pending.expiresAtMs, fingerprint, messageId].join('\t'));
+        resolve(messageId);
+      },
       abandon: (reason) => {
         // A failed first attempt must not block the retry that follows it.
-        if (this.#entries.get(name) === entry) this.#entries.delete(name);
+        if (this.#entries.get(name) === pending) this.#entries.delete(name);
         reject(reason);
       },
     };
@@ -64,7 +84,7 @@ export class IdempotencyStore {
 
   #prune(nowMs: number): void {
     for (const [name, entry] of this.#entries) {
-      if (entry.expiresAtMs > nowMs) return;
+      if (expiresAtMs(entry) > nowMs) return;
       this.#entries.delete(name);
     }
   }
