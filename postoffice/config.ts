@@ -1,22 +1,11 @@
 import { z } from 'zod';
-import { ConfigError, loadConfig, parseHostPort, readSecret } from '../shared/config.ts';
+import { ConfigError, hostPortSchema, loadConfig, readSecret } from '../shared/config.ts';
 import { isValidDomain } from '../shared/address.ts';
 import { TUBE } from '../shared/job.ts';
 import { statusConfigSchema } from './status.ts';
 
 export const MIN_KEY_LENGTH = 32;
 const DEFAULT_BEANSTALK_PORT = 11300;
-
-const hostPort = z.string().transform((value, ctx) => {
-  try {
-    const address = parseHostPort(value, DEFAULT_BEANSTALK_PORT);
-    if (!Number.isInteger(address.port) || address.port < 1 || address.port > 65535) throw new Error('port out of range');
-    return address;
-  } catch {
-    ctx.addIssue({ code: 'custom', message: `not a host[:port]: ${value}` });
-    return z.NEVER;
-  }
-});
 
 const senderDomain = z
   .string()
@@ -62,7 +51,7 @@ export const postofficeConfigSchema = z
       .prefault({}),
     beanstalk: z
       .object({
-        servers: z.array(hostPort).min(1).prefault(['127.0.0.1:11300']),
+        servers: z.array(hostPortSchema(DEFAULT_BEANSTALK_PORT)).min(1).prefault(['127.0.0.1:11300']),
         tube: z.string().min(1).max(200).default(TUBE.outbound),
         ttrSeconds: z.number().int().positive().default(600),
       })

@@ -1,7 +1,7 @@
 import { readFileSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { parse as parseYaml } from 'yaml';
-import type { z } from 'zod';
+import { z } from 'zod';
 import { HedwigError } from './errors.ts';
 
 /**
@@ -115,6 +115,20 @@ export function parseHostPort(value: string, defaultPort: number): { host: strin
   const m = /^\[([^\]]+)\](?::(\d+))?$/.exec(value) ?? /^([^:]+)(?::(\d+))?$/.exec(value);
   if (!m) throw new HedwigError('BAD_HOSTPORT', `not a host[:port]: ${value}`);
   return { host: m[1]!, port: m[2] ? Number(m[2]) : defaultPort };
+}
+
+/** A `host[:port]` config value, parsed into an address with the port in range. */
+export function hostPortSchema(defaultPort: number) {
+  return z.string().transform((value, ctx) => {
+    try {
+      const address = parseHostPort(value, defaultPort);
+      if (!Number.isInteger(address.port) || address.port < 1 || address.port > 65535) throw new Error('port out of range');
+      return address;
+    } catch {
+      ctx.addIssue({ code: 'custom', message: `not a host[:port]: ${value}` });
+      return z.NEVER;
+    }
+  });
 }
 
 /** `--config FILE` on the command line, else `<PREFIX>_CONFIG`, else none. */

@@ -1,26 +1,13 @@
 import { hostname } from 'node:os';
 import { isIP } from 'node:net';
 import { z } from 'zod';
-import { loadConfig, parseHostPort } from '../shared/config.ts';
+import { hostPortSchema, loadConfig, parseHostPort } from '../shared/config.ts';
 import { webhookConfigSchema } from './webhook.ts';
 import { mailbox, TUBE } from '../shared/job.ts';
 import { connectionsSchema, dkimSchema, headersSchema, limitsSchema, sourceSchema, tlsSchema } from './identity-config.ts';
 
 const DEFAULT_BEANSTALK_PORT = 11300;
 const DEFAULT_DNS_PORT = 53;
-
-function hostPortSchema(defaultPort: number) {
-  return z.string().transform((value, ctx) => {
-    try {
-      const address = parseHostPort(value, defaultPort);
-      if (!Number.isInteger(address.port) || address.port < 1 || address.port > 65535) throw new Error('port out of range');
-      return address;
-    } catch {
-      ctx.addIssue({ code: 'custom', message: `not a host[:port]: ${value}` });
-      return z.NEVER;
-    }
-  });
-}
 
 /** DNS servers are IP literals ('ip', 'ip:port', '[v6]:port'): a resolver cannot look up its own server. */
 function isDnsServer(value: string): boolean {

@@ -2,7 +2,7 @@ import { readFileSync } from 'node:fs';
 import { isIP } from 'node:net';
 import { z } from 'zod';
 import { domainOf, isValidDomain } from '../shared/address.ts';
-import { parseHostPort } from '../shared/config.ts';
+import { hostPortSchema } from '../shared/config.ts';
 import type { WorkerConfig } from './config.ts';
 import { loadDkimPrivateKey, type DkimKey } from './dkim.ts';
 import type { LimitSettings } from './limits.ts';
@@ -139,20 +139,7 @@ const destinationLimit = z
 export const limitsSchema = z
   .object({
     /** beanstalkd that holds the shared counters, `host[:port]`; default: the first of beanstalk.servers. Every worker must use the same one. */
-    server: z
-      .string()
-      .optional()
-      .transform((value, ctx) => {
-        if (value === undefined) return undefined;
-        try {
-          const address = parseHostPort(value, 11300);
-          if (!Number.isInteger(address.port) || address.port < 1 || address.port > 65535) throw new Error('port');
-          return address;
-        } catch {
-          ctx.addIssue({ code: 'custom', message: `not a host[:port]: ${value}` });
-          return z.NEVER;
-        }
-      }),
+    server: hostPortSchema(11300).optional(),
     /** Applies to every destination domain without its own entry or group. */
     default: destinationLimit.prefault({}),
     domains: z.record(domainKey, destinationLimit).default({}),
