@@ -8,6 +8,7 @@ import { decodeStatusUpdate, STATUS_TUBE, type RecipientStatus, type StatusUpdat
 import { authenticateSignedRequest } from './auth.ts';
 import type { ClientPolicy } from './config.ts';
 import { errorBody, type Rejection } from './rejection.ts';
+import { sleep } from '../shared/sleep.ts';
 
 /**
  * `GET /v1/messages/:id`: the state of a message that is still queued.
@@ -168,15 +169,7 @@ export async function runStatusConsumer(address: BeanstalkAddress, tube: string,
     } catch {
       if (stopping.aborted) break;
       // beanstalkd down: the put clients log that; wait a moment (or until stopped) and try again.
-      await new Promise<void>((resolve) => {
-        const timer = setTimeout(done, 1000);
-        function done() {
-          clearTimeout(timer);
-          stopping.removeEventListener('abort', done);
-          resolve();
-        }
-        stopping.addEventListener('abort', done, { once: true });
-      });
+      await sleep(1000, stopping);
     }
   }
   await client.close();

@@ -3,6 +3,7 @@ import { BeanstalkClient, BeanstalkError, type ReservedJob, type Stats } from '.
 import { errorCode, errorMessage } from '../shared/errors.ts';
 import type { Logger } from '../shared/logger.ts';
 import type { Verdict } from './classify.ts';
+import { sleep } from '../shared/sleep.ts';
 
 /**
  * Per-destination limits that hold across every worker process: concurrent connections
@@ -108,18 +109,6 @@ function tubeName(destination: Destination, kind: 'conn' | 'rate'): string {
 
 function refusal(response: string): Admission {
   return { ok: false, verdict: { outcome: 'deferred', greylisted: false, responseCode: 451, enhancedCode: '4.4.5', response: `451 4.4.5 ${response}` } };
-}
-
-function sleep(ms: number, signal?: AbortSignal): Promise<void> {
-  return new Promise((resolve) => {
-    const timer = setTimeout(done, ms);
-    function done() {
-      clearTimeout(timer);
-      signal?.removeEventListener('abort', done);
-      resolve();
-    }
-    signal?.addEventListener('abort', done, { once: true });
-  });
 }
 
 function stat(stats: Stats, name: string): number {

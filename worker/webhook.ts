@@ -5,6 +5,7 @@ import { errorCode, errorMessage } from '../shared/errors.ts';
 import type { Logger } from '../shared/logger.ts';
 import { webhookSignature, WEBHOOK_SIGNATURE_HEADER } from '../shared/webhook-signature.ts';
 import type { OperationsMetrics } from './ops-metrics.ts';
+import { sleep } from '../shared/sleep.ts';
 
 /**
  * Delivery events to an operator's webhook. The worker puts each event into its own
@@ -160,18 +161,6 @@ export async function dispatchEvent(client: BeanstalkClient, reserved: ReservedJ
   logger.warn({ event: 'webhook_failed', ...fields, reason: result.reason, attempt: releases + 1, retryInSeconds: delaySeconds });
 }
 
-function pause(ms: number, signal: AbortSignal): Promise<void> {
-  return new Promise((resolve) => {
-    const timer = setTimeout(done, ms);
-    function done() {
-      clearTimeout(timer);
-      signal.removeEventListener('abort', done);
-      resolve();
-    }
-    signal.addEventListener('abort', done, { once: true });
-  });
-}
-
 /** Reserves events from the webhook tube on its own connection until `stopping` is aborted. */
 export async function runWebhookLoop(client: BeanstalkClient, deps: WebhookDeps, stopping: AbortSignal): Promise<void> {
   let watching = false;
@@ -190,7 +179,7 @@ export async function runWebhookLoop(client: BeanstalkClient, deps: WebhookDeps,
     } catch (err) {
       if (stopping.aborted) break;
       deps.logger.debug({ event: 'webhook_reserve_failed', code: errorCode(err) });
-      await pause(pauseMs, stopping);
+      await sleep(pauseMs, stopping);
       pauseMs = Math.min(pauseMs * 2, 5000);
     }
   }

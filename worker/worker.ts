@@ -9,6 +9,7 @@ import type { MxResolver } from './mx.ts';
 import type { OutcomeRecorder } from './outcomes.ts';
 import { delayNotice, failureNotice, type NoticeKind, type NoticeSettings } from './dsn.ts';
 import { settle, type RetryPolicy, type Settlement } from './settle.ts';
+import { sleep } from '../shared/sleep.ts';
 
 /**
  * The life of one reserved job: decode, deliver to every destination domain, then hand
@@ -240,18 +241,6 @@ function logNotices(job: OutboundJob, notices: QueuedNotice[], jobIds: string[],
   }
 }
 
-function pause(ms: number, signal: AbortSignal): Promise<void> {
-  return new Promise((resolve) => {
-    const timer = setTimeout(done, ms);
-    function done() {
-      clearTimeout(timer);
-      signal.removeEventListener('abort', done);
-      resolve();
-    }
-    signal.addEventListener('abort', done, { once: true });
-  });
-}
-
 /**
  * Reserves and handles jobs one at a time on its own connection (job commands must use the
  * reserving connection, and a pending reserve blocks it) until `stopping` is aborted. The
@@ -282,7 +271,7 @@ export async function runReserveLoop(client: BeanstalkClient, deps: WorkerDeps, 
         log.warn({ event: 'reserve_failed', code: errorCode(err) ?? 'UNKNOWN', message: errorMessage(err) }, 'beanstalkd unavailable; retrying');
         lastWarnedAt = Date.now();
       }
-      await pause(pauseMs, stopping);
+      await sleep(pauseMs, stopping);
       pauseMs = Math.min(pauseMs * 2, RESERVE_ERROR_PAUSE_MAX_MS);
     }
   }
