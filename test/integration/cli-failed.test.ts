@@ -5,12 +5,12 @@ import { pino } from 'pino';
 import { Registry } from 'prom-client';
 import { BeanstalkClient } from '../../shared/beanstalk.ts';
 import { decodeFailedJob, encodeJob, TUBE, type OutboundJob } from '../../shared/job.ts';
-import { workerConfigSchema } from '../../worker/config.ts';
 import { startWorker, type RunningWorker } from '../../worker/server.ts';
 import { startBeanstalkd, type BeanstalkdProcess } from '../helpers/beanstalkd.ts';
 import { jsonOf, runHedwig } from '../helpers/cli.ts';
 import { waitFor } from '../helpers/ports.ts';
 import { startSmtpSink, type SmtpSink } from '../helpers/smtp-sink.ts';
+import { testWorkerConfig } from '../helpers/worker-config.ts';
 
 /**
  * `hedwig queue stats` and `hedwig failed ...` against a real beanstalkd whose failed tube
@@ -57,18 +57,7 @@ describe('hedwig queue and failed commands', { timeout: 120_000 }, () => {
     beanstalkd = await startBeanstalkd();
     env = { HEDWIG_BEANSTALK_SERVERS: beanstalkd.address };
     const route = `${sink.host}:${sink.port}`;
-    const config = workerConfigSchema.parse({
-      beanstalk: { servers: [beanstalkd.address] },
-      concurrency: 1,
-      ehloName: 'worker.hedwig.test',
-      routes: { 'a.test': route, 'b.test': route, 'c.test': route },
-      timeouts: { connectMs: 3000, greetingMs: 3000, socketMs: 5000 },
-      retry: { delaysSeconds: [60], maxLifetimeSeconds: 3600 },
-      // No notices to the sender: the outbound tube and the sink hold only what the test puts there.
-      bounces: { enabled: false },
-      ops: { host: '127.0.0.1', port: 0 },
-      shutdownGraceMs: 2000,
-    });
+    const config = testWorkerConfig(beanstalkd.address, { routes: { 'a.test': route, 'b.test': route, 'c.test': route } });
     worker = await startWorker(config, { logger: pino({ level: 'silent' }), registry: new Registry() });
 
     observer = new BeanstalkClient({ host: beanstalkd.host, port: beanstalkd.port });

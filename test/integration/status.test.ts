@@ -7,11 +7,11 @@ import { TUBE } from '../../shared/job.ts';
 import { signRequest } from '../../shared/signing.ts';
 import { postofficeConfigSchema } from '../../postoffice/config.ts';
 import { startPostoffice, type RunningPostoffice } from '../../postoffice/server.ts';
-import { workerConfigSchema } from '../../worker/config.ts';
 import { startWorker, type RunningWorker } from '../../worker/server.ts';
 import { startBeanstalkd, type BeanstalkdProcess } from '../helpers/beanstalkd.ts';
 import { freePort, waitFor } from '../helpers/ports.ts';
 import { startSmtpSink, type SmtpSink } from '../helpers/smtp-sink.ts';
+import { testWorkerConfig } from '../helpers/worker-config.ts';
 
 /**
  * GET /v1/messages/:id on a real post office, with a real worker delivering from a real
@@ -63,17 +63,7 @@ describe('message status route', { timeout: 90_000 }, () => {
 
   async function startTheWorker(): Promise<void> {
     const route = `${sink.host}:${sink.port}`;
-    const config = workerConfigSchema.parse({
-      beanstalk: { servers: [beanstalkd.address] },
-      concurrency: 1,
-      ehloName: 'worker.hedwig.test',
-      routes: { 'ok.test': route, 'slow.test': route },
-      timeouts: { connectMs: 3000, greetingMs: 3000, socketMs: 5000 },
-      retry: { delaysSeconds: [60], maxLifetimeSeconds: 3600 },
-      bounces: { enabled: false },
-      ops: { host: '127.0.0.1', port: 0 },
-      shutdownGraceMs: 2000,
-    });
+    const config = testWorkerConfig(beanstalkd.address, { routes: { 'ok.test': route, 'slow.test': route } });
     worker = await startWorker(config, { logger: pino({ level: 'silent' }), registry: new Registry() });
   }
 

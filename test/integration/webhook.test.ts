@@ -7,12 +7,12 @@ import { Registry } from 'prom-client';
 import { BeanstalkClient } from '../../shared/beanstalk.ts';
 import { encodeJob, TUBE, type OutboundJob } from '../../shared/job.ts';
 import { verifyWebhookSignature, WEBHOOK_SIGNATURE_HEADER } from '../../shared/webhook-signature.ts';
-import { workerConfigSchema } from '../../worker/config.ts';
 import { startWorker, type RunningWorker } from '../../worker/server.ts';
 import { WEBHOOK_TUBE, type DeliveryEvent } from '../../worker/webhook.ts';
 import { startBeanstalkd, type BeanstalkdProcess } from '../helpers/beanstalkd.ts';
 import { freePort, waitFor } from '../helpers/ports.ts';
 import { startSmtpSink, type SmtpSink } from '../helpers/smtp-sink.ts';
+import { testWorkerConfig } from '../helpers/worker-config.ts';
 
 /**
  * Delivery events through the webhook, end to end: a real worker delivers to an SMTP sink
@@ -85,17 +85,9 @@ describe('webhook delivery events', { timeout: 90_000 }, () => {
 
   async function startTheWorker(): Promise<void> {
     const route = `${sink.host}:${sink.port}`;
-    const config = workerConfigSchema.parse({
-      beanstalk: { servers: [beanstalkd.address] },
-      concurrency: 1,
-      ehloName: 'worker.hedwig.test',
+    const config = testWorkerConfig(beanstalkd.address, {
       routes: { 'ok.test': route, 'bad.test': route, 'slow.test': route },
-      timeouts: { connectMs: 3000, greetingMs: 3000, socketMs: 5000 },
-      retry: { delaysSeconds: [60], maxLifetimeSeconds: 3600 },
-      bounces: { enabled: false },
       webhook: { url: receiverUrl, secret: SECRET, timeoutMs: 1000, retryDelaysSeconds: [1] },
-      ops: { host: '127.0.0.1', port: 0 },
-      shutdownGraceMs: 2000,
     });
     worker = await startWorker(config, { logger: pino({ level: 'silent' }), registry: new Registry() });
   }
