@@ -23,7 +23,7 @@ export const benchArgsSchema = z
     workers: int(1).max(16).default(1),
     workerConcurrency: int(1).max(256).default(64),
     /** Messages sent and delivered before the measured run, so the JIT is warm. */
-    warmup: int(0).default(500),
+    warmup: int(0).default(5000),
     /** beanstalkd -f; 0 (fsync every write) is what docker-compose.yml runs. */
     fsyncMs: int(0).default(0),
     /** build: compiled JS as in the Docker image; tsx: as `npm run <tier>` in development. */
