@@ -34,7 +34,6 @@ const HEADROOM_BYTES = 64 * 1024;
 const IDEMPOTENCY_KEY = /^[\x21-\x7e]{1,200}$/;
 const MAX_LOGGED_FQDN = 255;
 
-/** Largest JSON body worth reading: a base64-encoded maximal message plus the envelope. */
 /**
  * A message id as a flat string. randomUUID() builds its result from about thirty
  * concatenated pieces, which V8 keeps as a tree of about 490 bytes; the id lives on in
@@ -44,6 +43,7 @@ function newMessageId(): string {
   return Buffer.from(randomUUID(), 'latin1').toString('latin1');
 }
 
+/** Largest JSON body worth reading: a base64-encoded maximal message plus the envelope. */
 export function bodyLimitFor(maxMessageBytes: number): number {
   return Math.ceil((maxMessageBytes * 4) / 3) + HEADROOM_BYTES;
 }

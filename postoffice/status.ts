@@ -67,12 +67,18 @@ interface MessageRecord {
 }
 
 /**
- * A message nobody has tried yet, packed into one tab-separated string (about 200 bytes
- * instead of about 500 for the object form): the table holds up to `maxEntries` of these,
+ * A message nobody has tried yet, packed into one tab-separated string (a fraction of
+ * the object form with its recipient map): the table holds up to `maxEntries` of these,
  * one per queued message. Tabs cannot occur in any field (addresses refuse control
  * characters, fqdns and server names have none).
  */
 type PackedQueued = string;
+
+function recipientStatuses(record: MessageRecord | undefined): Array<RecipientStatus | QueuedRecipient> {
+  if (!record) return [];
+  if (record.recipients instanceof Map) return [...record.recipients.values()];
+  return record.recipients.map((recipient) => ({ recipient, state: 'queued' }));
+}
 
 function packQueued(job: OutboundJob, ref: JobRef, expiresAt: number): PackedQueued {
   return [expiresAt, job.receivedAt, job.fqdn, ref.server, ref.jobId, ...job.rcpttos].join('\t');
@@ -105,10 +111,7 @@ export class StatusTable {
     const existing = this.#record(update.messageId);
     // Updates of one message can arrive out of order (several workers, several servers).
     if (existing?.lastAttemptAt !== undefined && existing.lastAttemptAt > update.at) return;
-    const recipients =
-      existing?.recipients instanceof Map
-        ? existing.recipients
-        : new Map<string, RecipientStatus | QueuedRecipient>((existing?.recipients ?? []).map((recipient) => [recipient, { recipient, state: 'queued' }]));
+    const recipients = existing?.recipients instanceof Map ? existing.recipients : new Map(recipientStatuses(existing).map((r) => [r.recipient, r]));
     for (const r of update.recipients) recipients.set(r.recipient, r);
     this.#set(update.messageId, {
       messageId: update.messageId,
@@ -213,7 +216,7 @@ export function statusBody(record: MessageRecord, live: LiveJobState) {
     attempts: record.attempts,
     lastAttemptAt: iso(record.lastAttemptAt),
     nextAttemptAt: record.state === 'deferred' ? iso(record.nextAttemptAt) : null,
-    recipients: (record.recipients instanceof Map ? [...record.recipients.values()] : record.recipients.map((recipient): QueuedRecipient => ({ recipient, state: 'queued' }))).map((r) =>
+    recipients: recipientStatuses(record).map((r) =>
       'response' in r
         ? {
             recipient: r.recipient,
