@@ -90,7 +90,7 @@ export function buildApp(config: PostofficeConfig, deps: PostofficeDeps): Fastif
   const metrics: PostofficeMetrics = createPostofficeMetrics(deps.registry);
   const parseSubmission = createSubmissionParser(config.limits);
   const replayGuard = new ReplayGuard();
-  const idempotency = new IdempotencyStore({ ttlSeconds: config.idempotencyTtlSeconds });
+  const idempotency = new IdempotencyStore({ ttlSeconds: config.idempotencyTtlSeconds, maxEntries: config.idempotencyMaxEntries });
   const windowSeconds = config.signatureWindowSeconds;
 
   // The https variant of fastify has a different server type parameter; nothing here

@@ -66,6 +66,8 @@ export const postofficeConfigSchema = z
       .prefault({}),
     signatureWindowSeconds: z.number().int().positive().default(300),
     idempotencyTtlSeconds: z.number().int().positive().default(86_400),
+    /** Past this many keys the oldest are forgotten (memory: a few hundred bytes each). */
+    idempotencyMaxEntries: z.number().int().positive().default(100_000),
     legacy: z
       .object({
         enabled: z.boolean().default(true),

@@ -362,6 +362,16 @@ describe('POST /v1/messages: queue failures and idempotency', () => {
     assert.equal(s.queue.payloads.length, 1);
   });
 
+  it('remembers at most idempotencyMaxEntries keys, forgetting the oldest', async () => {
+    const s = setup({ idempotencyMaxEntries: 2 });
+    for (const key of ['spool-a', 'spool-b', 'spool-c']) await sendSigned(s, message(), { idempotencyKey: key });
+    s.clock.nowMs += 1000;
+    await sendSigned(s, message(), { idempotencyKey: 'spool-c' });
+    assert.equal(s.queue.payloads.length, 3, 'spool-c is still known');
+    await sendSigned(s, message(), { idempotencyKey: 'spool-a' });
+    assert.equal(s.queue.payloads.length, 4, 'spool-a was forgotten, so its retry queues again');
+  });
+
   it('scopes idempotency keys per client', async () => {
     const s = setup();
     await sendSigned(s, message(), { idempotencyKey: 'same' });

@@ -32,6 +32,7 @@ describe('post office configuration', () => {
       limits: { maxMessageBytes: 10_485_760, maxRecipients: 100 },
       signatureWindowSeconds: 300,
       idempotencyTtlSeconds: 86_400,
+      idempotencyMaxEntries: 100_000,
       legacy: { enabled: true, path: '/' },
       clients: {},
       trustProxy: false,
