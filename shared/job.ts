@@ -65,7 +65,21 @@ export function decodeFailedJob(payload: Buffer): FailedJob {
   return failedJobSchema.parse(JSON.parse(payload.toString('utf8')));
 }
 
-/** Bytes of beanstalkd job size needed for a message of `messageBytes` (base64 plus envelope). */
+/** Longest SMTP reply text a worker keeps (in failed records, status updates, events and logs). */
+export const MAX_RESPONSE_CHARS = 1000;
+
+/**
+ * JSON bytes one recipient can take in a job, at most: in `rcpttos` (254 characters of up to
+ * 3 UTF-8 bytes, quotes escaped) and, in a failed record, its failure (the recipient again,
+ * a reply of MAX_RESPONSE_CHARS characters of up to 3 bytes, the MX name, codes and times).
+ */
+const RECIPIENT_BUDGET_BYTES = 768 + 4352;
+
+/**
+ * Bytes of beanstalkd job size (`-z`) needed for a message of `messageBytes` with up to
+ * `maxRecipients`: base64 data plus the envelope, and room for the failed record of the
+ * same message, which carries a failure per recipient on top.
+ */
 export function jobSizeFor(messageBytes: number, maxRecipients: number): number {
-  return Math.ceil(messageBytes / 3) * 4 + maxRecipients * 260 + 4096;
+  return Math.ceil(messageBytes / 3) * 4 + maxRecipients * RECIPIENT_BUDGET_BYTES + 4096;
 }

@@ -1,4 +1,5 @@
 import { errorCode, errorMessage } from '../shared/errors.ts';
+import { MAX_RESPONSE_CHARS } from '../shared/job.ts';
 
 /**
  * What an SMTP reply or a client error means for one recipient. The rules are one
@@ -67,10 +68,21 @@ const ERRORS_WITHOUT_REPLY: Record<string, Outcome> = {
 
 const ENHANCED_CODE = /^\d{3}[ -]([245]\.\d{1,3}\.\d{1,3})(?=\s|$)/;
 
+/**
+ * A reply text as the worker keeps it: control characters (other than the line breaks of a
+ * multi-line reply) and lone surrogates replaced, cut at MAX_RESPONSE_CHARS. A server may
+ * answer with up to a megabyte (nodemailer's limit); a failed record carries one reply per
+ * recipient and must still fit in a beanstalkd job (shared/job.ts jobSizeFor).
+ */
+export function boundedResponse(text: string): string {
+  const clean = text.replace(/[\x00-\x09\x0b-\x1f\x7f]/g, ' ').toWellFormed();
+  return clean.length <= MAX_RESPONSE_CHARS ? clean : `${clean.slice(0, MAX_RESPONSE_CHARS - 15).toWellFormed()} [… truncated]`;
+}
+
 export function parseReply(response: string, stage?: string): Reply | undefined {
   const match = /^(\d{3})(?=[ -]|$)/.exec(response);
   if (!match) return undefined;
-  return { code: Number(match[1]), enhanced: ENHANCED_CODE.exec(response)?.[1], text: response, stage };
+  return { code: Number(match[1]), enhanced: ENHANCED_CODE.exec(response)?.[1], text: boundedResponse(response), stage };
 }
 
 export function classifyReply(reply: Reply): Verdict {
@@ -96,6 +108,6 @@ export function classifyError(err: unknown): Verdict {
     // Unknown errors are retried: a wrong deferral costs a delay, a wrong bounce loses mail.
     outcome: ERRORS_WITHOUT_REPLY[code] ?? 'deferred',
     greylisted: false,
-    response: `${code}: ${errorMessage(err)}`,
+    response: boundedResponse(`${code}: ${errorMessage(err)}`),
   };
 }

@@ -2,7 +2,7 @@ import SMTPConnection from 'nodemailer/lib/smtp-connection';
 import type { Logger } from '../shared/logger.ts';
 import { isAscii } from '../shared/address.ts';
 import { errorCode } from '../shared/errors.ts';
-import { classifyError, classifyReply, parseReply, type Verdict } from './classify.ts';
+import { boundedResponse, classifyError, classifyReply, parseReply, type Verdict } from './classify.ts';
 import { asksToBackOff, type Destination, type Limiter } from './limits.ts';
 import type { MxHost } from './mx.ts';
 import { prepareMessage, signingDomainOf, type OutgoingSettings } from './outgoing.ts';
@@ -248,7 +248,7 @@ export function createDeliverer(options: DelivererOptions): Deliverer {
       const accepted = new Set(info.accepted);
       const rejected = new Map((info.rejectedErrors ?? []).map((err) => [err.recipient, err]));
       const reply = parseReply(info.response, 'DATA');
-      const delivered: Verdict = reply ? classifyReply(reply) : { outcome: 'delivered', greylisted: false, response: info.response };
+      const delivered: Verdict = reply ? classifyReply(reply) : { outcome: 'delivered', greylisted: false, response: boundedResponse(info.response) };
       for (const recipient of recipients) {
         const rcptError = rejected.get(recipient);
         if (rcptError) results.push({ recipient, mx: host.name, ...classifyError(rcptError) });

@@ -1,6 +1,7 @@
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { failedJobSchema, outboundJobSchema, type OutboundJob } from '../../shared/job.ts';
+import { encodeJob, failedJobSchema, jobSizeFor, MAX_RESPONSE_CHARS, outboundJobSchema, type OutboundJob } from '../../shared/job.ts';
+import { boundedResponse } from '../../worker/classify.ts';
 import type { RecipientResult } from '../../worker/deliver.ts';
 import { retryDelaySeconds, settle } from '../../worker/settle.ts';
 
@@ -177,5 +178,41 @@ describe('settle', () => {
     const nearlyOver = received + policy.maxLifetimeSeconds * 1000 - 60_000;
     const s = settle(job({ attempts: 9, rcpttos: ['c@two.test'] }), [deferred('c@two.test')], { policy, attemptStartedAt: nearlyOver, now: nearlyOver });
     assert.equal(s.retry?.delaySeconds, 60);
+  });
+});
+
+describe('failed records fit in a beanstalkd job (jobSizeFor sizes -z)', () => {
+  // The longest valid recipients, in JSON bytes: 64 bytes of local part full of escaped
+  // quoted pairs, then a domain of three-byte characters up to 254 characters in all.
+  function longestRecipient(i: number): string {
+    const local = `"${'\\"'.repeat(30)}${String(i).padStart(2, '0')}"`;
+    const label = (n: number) => '€'.repeat(n);
+    let domain = `${label(60)}.${label(60)}.${label(60)}`;
+    domain = `${domain}.${label(254 - local.length - 1 - domain.length - 1)}`;
+    return `${local}@${domain}`;
+  }
+
+  it('holds a message of the maximum size with every recipient failing with the longest reply', () => {
+    const maxMessageBytes = 1_000_000;
+    const maxRecipients = 100;
+    const rcpttos = Array.from({ length: maxRecipients }, (_, i) => longestRecipient(i));
+    const original = outboundJobSchema.parse(job({ rcpttos, data: Buffer.alloc(maxMessageBytes, 0xff).toString('base64') }));
+    assert.equal(rcpttos[0]!.length, 254);
+
+    const longestReply = `550 5.1.1 ${'"€'.repeat(2000)}\u0001\ud800`;
+    const results = rcpttos.map((recipient) => ({ ...bounced(recipient), response: boundedResponse(longestReply), mx: `${'m'.repeat(60)}.`.repeat(4).slice(0, 253) }));
+    const { failedJob } = settle(original, results, { policy, attemptStartedAt: received + HOUR, now: received + HOUR });
+
+    const record = encodeJob(failedJobSchema.parse(failedJob));
+    assert.ok(record.length <= jobSizeFor(maxMessageBytes, maxRecipients), `${record.length} > ${jobSizeFor(maxMessageBytes, maxRecipients)}`);
+    assert.ok(encodeJob(original).length <= jobSizeFor(maxMessageBytes, maxRecipients));
+  });
+
+  it('keeps at most MAX_RESPONSE_CHARS of a reply, well-formed and without control characters', () => {
+    const kept = boundedResponse(`451 4.3.0 ${'x'.repeat(5000)}\r\u0000\ud83d`);
+    assert.ok(kept.length <= MAX_RESPONSE_CHARS);
+    assert.match(kept, /^451 4\.3\.0 x+ \[… truncated\]$/);
+    assert.equal(boundedResponse('550-5.1.1 first\n550 5.1.1 second\u0007'), '550-5.1.1 first\n550 5.1.1 second ', 'line breaks stay, control characters go');
+    assert.equal(boundedResponse('250 ok \ud800'), '250 ok \ufffd');
   });
 });
