@@ -204,6 +204,17 @@ export async function handleReservedJob(client: BeanstalkClient, reserved: Reser
     await deps.outcomes?.record(client, job, settlement, { now: now(), ...(putIds.retryJobId ? { retryJobId: putIds.retryJobId } : {}) });
     await reserved.delete();
   } catch (err) {
+    if (errorCode(err) === 'JOB_TOO_BIG') {
+      // beanstalkd's -z is below jobSizeFor(): trying again cannot help, so keep the job buried
+      // (nothing is lost) and say what to fix.
+      deps.logger.error(
+        { event: 'settle_failed', messageId: job.id, jobId: reserved.id, code: 'JOB_TOO_BIG', err },
+        "an outcome record is larger than beanstalkd's -z allows; job buried (raise -z, then kick it)",
+      );
+      deps.metrics.buriedJobs.inc();
+      await reserved.bury().catch(() => undefined);
+      return;
+    }
     // Putting the outcome failed (beanstalkd gone?): the old job must stay. If the connection is
     // gone it is back in ready already; otherwise release it to be tried again shortly.
     deps.logger.error({ event: 'settle_failed', messageId: job.id, jobId: reserved.id, code: errorCode(err), err }, 'could not record the outcome; job stays queued');

@@ -214,6 +214,31 @@ describe('worker', { timeout: 90_000 }, () => {
     await producer.deleteJob(jobId);
   });
 
+  it("buries a job whose failed record would exceed beanstalkd's -z, instead of retrying it forever", async () => {
+    const recipients = Array.from({ length: 10 }, (_, i) => `big${i}@one.test`);
+    mx1.script = { recipients: Object.fromEntries(recipients.map((r) => [r, { code: 550, message: `5.7.1 ${'long explanation '.repeat(55)}` }])) };
+    // A job just under this beanstalkd's -z (1 MiB): it fits, its failed record (the same job
+    // plus ten failures with long replies) does not.
+    const filler = Buffer.alloc(Math.floor(((1_048_576 - 4_000) * 3) / 4) - MESSAGE.length, 'x');
+    const job: OutboundJob = {
+      v: 1,
+      id: randomUUID(),
+      fqdn: 'app1.example.com',
+      mailfrom: 'app@example.com',
+      rcpttos: recipients,
+      data: Buffer.concat([MESSAGE, filler]).toString('base64'),
+      receivedAt: Date.now(),
+      attempts: 0,
+    };
+    const jobId = await producer.put(encodeJob(job), { ttrSeconds: 60 });
+
+    await waitForLog((l) => l.event === 'settle_failed' && l.jobId === jobId && l.code === 'JOB_TOO_BIG', 'settle_failed with JOB_TOO_BIG');
+    await waitFor(async () => (await producer.statsJob(jobId)).state === 'buried', { what: 'job buried' });
+    const stats = await producer.statsJob(jobId);
+    assert.equal(stats.reserves, 1, 'reserved once, not retried in a loop');
+    await producer.deleteJob(jobId);
+  });
+
   it('keeps working after beanstalkd restarts (jobs survive in the binlog)', async () => {
     await beanstalkd.stop();
     await beanstalkd.restart();
