@@ -1,22 +1,17 @@
 import { randomUUID } from 'node:crypto';
 import { Agent, request } from 'node:http';
 import { signRequest } from '../shared/signing.ts';
+import type { LoadPlan } from './message.ts';
 import { nowMs } from './sink.ts';
 
 /**
  * Drives the post office's signed JSON API the way mailman does (data_base64, an
  * idempotency key per message, keep-alive connections), `concurrency` requests at a time.
  */
-export interface HttpLoadOptions {
+export interface HttpLoadOptions extends LoadPlan {
   url: string;
   fqdn: string;
   key: string;
-  messages: number;
-  concurrency: number;
-  ratePerSecond?: number | undefined;
-  from: string;
-  recipient(id: number): string;
-  message(id: number): Buffer;
 }
 
 export interface HttpLoadResult {

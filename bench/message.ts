@@ -8,6 +8,31 @@ export function recipientFor(id: number): string {
   return `rcpt${id % 1000}@${BENCH_RECIPIENT_DOMAIN}`;
 }
 
+/** What a load generator sends: the same for SMTP (bench/smtp-load.ts) and HTTP (bench/http-load.ts). */
+export interface LoadPlan {
+  /** Message ids are 0 .. messages-1. */
+  messages: number;
+  /** Concurrent connections (SMTP) or requests in flight (HTTP). */
+  concurrency: number;
+  /** Open-loop pacing: the n-th transaction does not start before start + n / rate. */
+  ratePerSecond?: number | undefined;
+  from: string;
+  recipient(id: number): string;
+  message(id: number): Buffer;
+}
+
+/** `messages` bench messages of `size` bytes whose ids start at `offset` (warm-up and measured runs differ). */
+export function benchPlan(offset: number, messages: number, options: { concurrency: number; size: number; ratePerSecond?: number | undefined }): LoadPlan {
+  return {
+    messages,
+    concurrency: options.concurrency,
+    ratePerSecond: options.ratePerSecond,
+    from: BENCH_SENDER,
+    recipient: (i) => recipientFor(offset + i),
+    message: (i) => benchMessage(offset + i, options.size),
+  };
+}
+
 const LINE = `${'The quick brown fox jumps over the lazy dog. '.repeat(2).slice(0, 76)}\r\n`;
 
 /**

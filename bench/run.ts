@@ -12,7 +12,7 @@ import { BeanstalkClient } from '../shared/beanstalk.ts';
 import { TUBE, encodeJob, type OutboundJob } from '../shared/job.ts';
 import { USAGE, parseBenchArgs, type BenchArgs } from './args.ts';
 import { runHttpLoad } from './http-load.ts';
-import { BENCH_SENDER, benchMessage, recipientFor } from './message.ts';
+import { BENCH_SENDER, benchMessage, benchPlan, recipientFor } from './message.ts';
 import { BENCH_FQDN, Pipeline } from './pipeline.ts';
 import { ProcessWatcher, machineBusySeconds, round, type ProcessFigures } from './proc.ts';
 import { nowMs } from './sink.ts';
@@ -102,12 +102,7 @@ async function e2e(args: BenchArgs, pipeline: Pipeline, deadline: number, measur
     runSmtpLoad({
       host: '127.0.0.1',
       port: pipeline.mailman!.port,
-      messages,
-      concurrency: args.concurrency,
-      ratePerSecond: rate,
-      from: BENCH_SENDER,
-      recipient: (i) => recipientFor(offset + i),
-      message: (i) => benchMessage(offset + i, args.size),
+      ...benchPlan(offset, messages, { concurrency: args.concurrency, size: args.size, ratePerSecond: rate }),
       deadlineMs: deadline - Date.now(),
     });
 
@@ -157,12 +152,7 @@ async function postofficeOnly(args: BenchArgs, pipeline: Pipeline, deadline: num
       url: pipeline.postoffice!.url,
       fqdn: BENCH_FQDN,
       key: pipeline.key,
-      messages,
-      concurrency: args.concurrency,
-      ratePerSecond: rate,
-      from: BENCH_SENDER,
-      recipient: (i) => recipientFor(offset + i),
-      message: (i) => benchMessage(offset + i, args.size),
+      ...benchPlan(offset, messages, { concurrency: args.concurrency, size: args.size, ratePerSecond: rate }),
     });
   if (args.warmup > 0) {
     progress(`warm-up: ${args.warmup} requests`);

@@ -1,4 +1,5 @@
 import { connect, type Socket } from 'node:net';
+import type { LoadPlan } from './message.ts';
 import { nowMs } from './sink.ts';
 
 /**
@@ -8,18 +9,9 @@ import { nowMs } from './sink.ts';
  * pool sends one command per round trip and builds each message through its MIME
  * composer, which would make the client, not hedwig, the bottleneck being measured.
  */
-export interface SmtpLoadOptions {
+export interface SmtpLoadOptions extends LoadPlan {
   host: string;
   port: number;
-  /** Message ids are 0 .. messages-1. */
-  messages: number;
-  /** Concurrent SMTP connections. */
-  concurrency: number;
-  /** Open-loop pacing: the n-th transaction does not start before start + n / rate. */
-  ratePerSecond?: number | undefined;
-  from: string;
-  recipient(id: number): string;
-  message(id: number): Buffer;
   /** Tries per message; a temporary failure (4xx, lost connection) is retried. Default 1. */
   maxAttempts?: number;
   retryDelayMs?: number;
