@@ -66,8 +66,7 @@ export class FailedScan {
 
   async run(options: ScanOptions): Promise<ScanResult> {
     const { client } = this;
-    await client.watch(options.tube);
-    if (options.tube !== 'default') await client.ignore('default');
+    await client.watchOnly(options.tube);
     const undecodable: string[] = [];
     let visited = 0;
     let complete = true;

@@ -157,8 +157,7 @@ export async function runStatusConsumer(address: BeanstalkAddress, tube: string,
     try {
       if (!watching) {
         await client.connect();
-        await client.watch(tube);
-        await client.ignore('default');
+        await client.watchOnly(tube);
         watching = true;
       }
       const reserved = await client.reserve(1);

@@ -178,6 +178,12 @@ export class BeanstalkClient extends EventEmitter {
     }
   }
 
+  /** Reserves from `tube` alone: watches it and ignores every other tube (first of all `default`, which every connection starts with). */
+  async watchOnly(tube: string): Promise<void> {
+    await this.watch(tube);
+    for (const other of this.tubesWatched) if (other !== tube) await this.ignore(other);
+  }
+
   /** Resolves with the new job's id. Rejects JOB_TOO_BIG, DRAINING, BURIED (it was stored, but buried). */
   async put(payload: Buffer, options: PutOptions = {}): Promise<string> {
     const priority = checkUint(options.priority ?? DEFAULT_PRIORITY, 'priority');

@@ -212,10 +212,7 @@ export function createLimiter(settings: LimitSettings, options: { logger: Logger
   function takeToken(tube: string): Promise<ReservedJob | null> {
     return exclusive(async () => {
       const beanstalk = await ready();
-      if (beanstalk.tubesWatched.length !== 1 || beanstalk.tubesWatched[0] !== tube) {
-        await beanstalk.watch(tube);
-        for (const other of beanstalk.tubesWatched) if (other !== tube) await beanstalk.ignore(other);
-      }
+      if (beanstalk.tubesWatched.length !== 1 || beanstalk.tubesWatched[0] !== tube) await beanstalk.watchOnly(tube);
       const leftover = await beanstalk.reserve(0);
       if (leftover) return leftover;
       if (beanstalk.tubeUsed !== tube) await beanstalk.use(tube);

@@ -169,8 +169,7 @@ export async function runWebhookLoop(client: BeanstalkClient, deps: WebhookDeps,
     try {
       if (!watching) {
         await client.connect();
-        await client.watch(deps.config.tube);
-        if (deps.config.tube !== 'default') await client.ignore('default');
+        await client.watchOnly(deps.config.tube);
         watching = true;
       }
       const reserved = await client.reserve(1);

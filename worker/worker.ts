@@ -266,8 +266,7 @@ export async function runReserveLoop(client: BeanstalkClient, deps: WorkerDeps, 
     try {
       if (!watching) {
         await client.connect();
-        await client.watch(deps.tubes.outbound);
-        if (deps.tubes.outbound !== 'default') await client.ignore('default');
+        await client.watchOnly(deps.tubes.outbound);
         watching = true; // the client re-applies its watch list after reconnects
       }
       const reserved = await client.reserve(RESERVE_TIMEOUT_SECONDS);

@@ -37,6 +37,18 @@ describe('BeanstalkClient against a running beanstalkd', () => {
   });
   after(() => server.kill());
 
+  test('watchOnly leaves exactly one watched tube, on the server too', TEST_TIMEOUT, async (t) => {
+    const client = await clientFor(t, server);
+    await client.watch('other');
+    await client.watchOnly('only');
+    assert.deepEqual(client.tubesWatched, ['only']);
+    await client.use('other');
+    await client.put(Buffer.from('not for us'));
+    assert.equal(await client.reserve(0), null, "a job in a tube no longer watched is not reserved");
+    await client.watchOnly('only');
+    assert.deepEqual(client.tubesWatched, ['only'], 'calling it again changes nothing');
+  });
+
   test('put, reserve and delete carry every byte value and CRLF inside the payload unchanged', TEST_TIMEOUT, async (t) => {
     const client = await clientFor(t, server);
     await client.use('roundtrip');
