@@ -1,6 +1,6 @@
 import { hostname as osHostname } from 'node:os';
 import { z } from 'zod';
-import { type ConfigError, loadConfig, readSecret } from '../shared/config.ts';
+import { loadConfig, resolveSecret } from '../shared/config.ts';
 import { parseCidr } from './networks.ts';
 
 const positiveInt = z.number().int().positive();
@@ -58,14 +58,8 @@ export const mailmanConfigSchema = z
   .strict()
   .transform((parsed, ctx) => {
     const { key, keyFile, ...postoffice } = parsed.postoffice;
-    let resolvedKey: string;
-    try {
-      resolvedKey = readSecret(key, keyFile, '', 'postoffice.key');
-    } catch (err) {
-      const configError = err as ConfigError;
-      ctx.addIssue({ code: 'custom', path: configError.key.split('.'), message: configError.message.replace(/^config error in : [^:]+: /, '') });
-      return z.NEVER;
-    }
+    const resolvedKey = resolveSecret({ inline: key, file: keyFile }, 'key', ctx, { at: ['postoffice'] });
+    if (resolvedKey === undefined) return z.NEVER;
     return { ...parsed, postoffice: { ...postoffice, key: resolvedKey } };
   });
 

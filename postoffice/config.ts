@@ -1,5 +1,5 @@
 import { z } from 'zod';
-import { ConfigError, hostPortSchema, loadConfig, readSecret } from '../shared/config.ts';
+import { hostPortSchema, loadConfig, resolveSecret } from '../shared/config.ts';
 import { isValidDomain } from '../shared/address.ts';
 import { TUBE } from '../shared/job.ts';
 import { statusConfigSchema } from './status.ts';
@@ -24,19 +24,8 @@ const clientSchema = z
   })
   .strict()
   .transform((client, ctx) => {
-    let key: string;
-    try {
-      key = readSecret(client.key, client.keyFile, '(config)', 'key');
-    } catch (err) {
-      const message = err instanceof ConfigError ? err.message.replace(/^config error in \(config\): [^:]+: /, '') : String(err);
-      ctx.addIssue({ code: 'custom', message, path: [client.keyFile && !client.key ? 'keyFile' : 'key'] });
-      return z.NEVER;
-    }
-    if (key.length < MIN_KEY_LENGTH) {
-      // Never echo the key itself, not even a short one.
-      ctx.addIssue({ code: 'custom', message: `key must be at least ${MIN_KEY_LENGTH} characters`, path: ['key'] });
-      return z.NEVER;
-    }
+    const key = resolveSecret({ inline: client.key, file: client.keyFile }, 'key', ctx, { minLength: MIN_KEY_LENGTH });
+    if (key === undefined) return z.NEVER;
     return { key, senderDomains: client.senderDomains };
   });
 

@@ -99,15 +99,38 @@ export function loadConfig<S extends z.ZodType>(schema: S, options: LoadConfigOp
   return result.data;
 }
 
-/** Reads a secret given inline or as a file path (Docker secrets); trims one trailing newline. */
-export function readSecret(inline: string | undefined, filePath: string | undefined, file: string, key: string): string {
-  if (inline) return inline;
-  if (!filePath) throw new ConfigError(file, key, `either ${key} or ${key}File is required`);
-  try {
-    return readFileSync(filePath, 'utf8').replace(/\r?\n$/, '');
-  } catch (err) {
-    throw new ConfigError(file, `${key}File`, `cannot read ${filePath}: ${(err as NodeJS.ErrnoException).code ?? String(err)}`);
+/**
+ * A secret given inline (`name`) or as a file (`${name}File`, e.g. a Docker secret), resolved
+ * inside a zod transform: a problem becomes an issue at `[...at, name]` or `[...at, name + "File"]`,
+ * so the config error names the key and the file like any other. Trims one trailing newline.
+ * Messages never contain the secret, not even one that is too short.
+ */
+export function resolveSecret(
+  source: { inline: string | undefined; file: string | undefined },
+  name: string,
+  ctx: z.core.$RefinementCtx,
+  options: { at?: PropertyKey[]; minLength?: number } = {},
+): string | undefined {
+  const at = options.at ?? [];
+  let secret = source.inline;
+  if (!secret) {
+    if (!source.file) {
+      const key = [...at.map(String), name].join('.');
+      ctx.addIssue({ code: 'custom', path: [...at, name], message: `either ${key} or ${key}File is required` });
+      return undefined;
+    }
+    try {
+      secret = readFileSync(source.file, 'utf8').replace(/\r?\n$/, '');
+    } catch (err) {
+      ctx.addIssue({ code: 'custom', path: [...at, `${name}File`], message: `cannot read ${source.file}: ${(err as NodeJS.ErrnoException).code ?? String(err)}` });
+      return undefined;
+    }
   }
+  if (options.minLength !== undefined && secret.length < options.minLength) {
+    ctx.addIssue({ code: 'custom', path: [...at, name], message: `${name} must be at least ${options.minLength} characters` });
+    return undefined;
+  }
+  return secret;
 }
 
 /** `host:port` pairs as used for beanstalkd servers and static routes. */

@@ -1,6 +1,6 @@
 import { z } from 'zod';
 import type { BeanstalkClient, ReservedJob } from '../shared/beanstalk.ts';
-import { ConfigError, readSecret } from '../shared/config.ts';
+import { resolveSecret } from '../shared/config.ts';
 import { errorCode, errorMessage } from '../shared/errors.ts';
 import type { Logger } from '../shared/logger.ts';
 import { webhookSignature, WEBHOOK_SIGNATURE_HEADER } from '../shared/webhook-signature.ts';
@@ -39,18 +39,8 @@ export const webhookConfigSchema = z
   })
   .strict()
   .transform((webhook, ctx) => {
-    let secret: string;
-    try {
-      secret = readSecret(webhook.secret, webhook.secretFile, '(config)', 'secret');
-    } catch (err) {
-      const message = err instanceof ConfigError ? err.message.replace(/^config error in \(config\): [^:]+: /, '') : String(err);
-      ctx.addIssue({ code: 'custom', message, path: [webhook.secretFile && !webhook.secret ? 'secretFile' : 'secret'] });
-      return z.NEVER;
-    }
-    if (secret.length < MIN_SECRET_LENGTH) {
-      ctx.addIssue({ code: 'custom', message: `secret must be at least ${MIN_SECRET_LENGTH} characters`, path: ['secret'] });
-      return z.NEVER;
-    }
+    const secret = resolveSecret({ inline: webhook.secret, file: webhook.secretFile }, 'secret', ctx, { minLength: MIN_SECRET_LENGTH });
+    if (secret === undefined) return z.NEVER;
     const { secretFile: _file, ...rest } = webhook;
     return { ...rest, secret };
   });
