@@ -9,7 +9,7 @@
 
 # Compiles the TypeScript sources to plain ESM JavaScript in dist/ (relative imports
 # rewritten from .ts to .js), so the runtime needs neither tsx nor typescript.
-FROM node:20-bookworm-slim AS build
+FROM node:24-bookworm-slim AS build
 WORKDIR /src
 COPY package.json package-lock.json ./
 RUN npm ci --no-audit --no-fund
@@ -23,12 +23,12 @@ COPY deploy/healthcheck.ts ./deploy/healthcheck.ts
 RUN npx tsc -p tsconfig.build.json
 
 # Production dependencies only, installed apart from the build so no dev tool reaches the runtime.
-FROM node:20-bookworm-slim AS deps
+FROM node:24-bookworm-slim AS deps
 WORKDIR /src
 COPY package.json package-lock.json ./
 RUN npm ci --omit=dev --no-audit --no-fund && npm cache clean --force
 
-FROM node:20-bookworm-slim AS runtime
+FROM node:24-bookworm-slim AS runtime
 ENV NODE_ENV=production \
     NODE_OPTIONS=--enable-source-maps
 WORKDIR /app

@@ -1,7 +1,13 @@
 #!/usr/bin/env bash
 # Installs the Debian packages hedwig's local mode and tests use, skipping those present.
-# Run as root (or with sudo). Idempotent.
+# Run as root (or with sudo). Idempotent. Also makes `node` Node.js 24 when it is older.
 set -euo pipefail
+if [ "$(id -u)" -ne 0 ]; then
+  # The README runs this as written for root and for a normal user alike.
+  command -v sudo >/dev/null 2>&1 || { echo "install-debian-deps: run as root (no sudo here)" >&2; exit 1; }
+  exec sudo "$0" "$@"
+fi
+bash "$(dirname "$0")/install-node.sh"
 missing=()
 # command:package
 for pair in beanstalkd:beanstalkd msmtp:msmtp swaks:swaks dnsmasq:dnsmasq-base dkimverify:python3-dkim openssl:openssl curl:curl; do
