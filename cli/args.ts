@@ -1,6 +1,6 @@
 import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { parseHostPort } from '../shared/config.ts';
-import { HedwigError } from '../shared/errors.ts';
+import { HedwigError, type ErrorCode } from '../shared/errors.ts';
 import type { BeanstalkAddress } from '../shared/beanstalk.ts';
 
 /**
@@ -21,7 +21,7 @@ export const EXIT = {
 
 export class CliError extends HedwigError {
   readonly exitCode: number;
-  constructor(code: string, message: string, exitCode: number, options?: { cause?: unknown }) {
+  constructor(code: ErrorCode, message: string, exitCode: number, options?: { cause?: unknown }) {
     super(code, message, options);
     this.name = 'CliError';
     this.exitCode = exitCode;

@@ -3,21 +3,15 @@
  * to them, argument checks (arguments travel on one text line, so a stray CR/LF or space
  * would inject or break a command) and the shaping of YAML replies.
  */
-import { HedwigError } from './errors.ts';
+import { HedwigError, type ErrorCode } from './errors.ts';
 
-export type BeanstalkErrorCode =
-  | 'DISCONNECTED' // connection closed or never opened; pending ops are rejected with this
-  | 'TIMEOUT' // a command got no answer within commandTimeoutMs (the connection is then dropped)
-  | 'STALE_RESERVATION' // job op on a job reserved on an earlier connection (it went back to ready)
-  | 'NOT_FOUND'
-  | 'JOB_TOO_BIG'
-  | 'DRAINING'
-  | 'BURIED' // put succeeded but server was out of memory and buried the job
-  | 'DEADLINE_SOON'
-  | 'PROTOCOL'; // any other server error string (BAD_FORMAT, UNKNOWN_COMMAND, OUT_OF_MEMORY, ...) or an argument we refuse to send
+/** The beanstalkd client's codes: a part of the one table in shared/errors.ts (which says what each means). */
+export type BeanstalkErrorCode = Extract<
+  ErrorCode,
+  'DISCONNECTED' | 'TIMEOUT' | 'STALE_RESERVATION' | 'NOT_FOUND' | 'JOB_TOO_BIG' | 'DRAINING' | 'BURIED' | 'DEADLINE_SOON' | 'PROTOCOL'
+>;
 
-export class BeanstalkError extends HedwigError {
-  declare readonly code: BeanstalkErrorCode;
+export class BeanstalkError extends HedwigError<BeanstalkErrorCode> {
   /** The server's reply word (`NOT_FOUND`, `OUT_OF_MEMORY`, ...) when the server refused the command. */
   readonly reply?: string;
   constructor(code: BeanstalkErrorCode, message: string, options?: { cause?: unknown; reply?: string }) {

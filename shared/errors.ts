@@ -1,16 +1,69 @@
 /**
- * Errors carry a stable machine-readable `code` so callers branch on values,
- * not on message text (the same convention as fastify's FST_* and nodemailer's E* codes).
+ * Every code a hedwig error (or an `{ ok: false, code }` result) can carry, with what it
+ * means: one table, so callers branch on values, not on message text (the convention of
+ * fastify's FST_* table and nodemailer's E* codes), the compiler refuses a code nobody
+ * declared, and the README's error-code table is checked against this one
+ * (test/unit/errors.test.ts).
+ *
+ * Not in this table: codes of other libraries that pass through as they are (nodemailer's
+ * ECONNECTION, Node's ENOENT; `errorCode()` reads those too) and the post office's HTTP
+ * `error` values (snake_case, part of its API, listed with its answers in the README).
  */
-export class HedwigError extends Error {
-  readonly code: string;
-  constructor(code: string, message: string, options?: { cause?: unknown }) {
+export const ERROR_CODES = {
+  // Start-up (shared/lifecycle.ts logs them as startup_failed and exits 2).
+  CONFIG_INVALID: 'a configuration value is wrong; the message names the file (or environment variable) and the key',
+  STARTUP_FAILED: 'start-up refused: a file that cannot be read, a port that is taken, an address that cannot be bound',
+  BAD_HOSTPORT: 'a value is not host[:port]',
+  BAD_CIDR: 'a value is not a CIDR network',
+
+  // beanstalkd (shared/beanstalk*.ts).
+  DISCONNECTED: 'the beanstalkd connection closed or never opened; pending operations are rejected with it',
+  TIMEOUT: 'beanstalkd did not answer within the command timeout (the connection is then dropped)',
+  STALE_RESERVATION: 'a job operation on a job reserved on an earlier connection (the job went back to ready)',
+  NOT_FOUND: 'beanstalkd has no such job or tube; the CLI: no such record',
+  JOB_TOO_BIG: "a put larger than beanstalkd's -z",
+  DRAINING: 'beanstalkd is draining and takes no new jobs',
+  BURIED: 'beanstalkd stored the job but, out of memory, buried it',
+  DEADLINE_SOON: 'a job this connection holds is about to reach its time-to-run',
+  PROTOCOL: 'any other beanstalkd error reply, or an argument the client refuses to send',
+
+  // mailman's spool.
+  SPOOL_BAD_ID: 'not a spool entry id',
+  SPOOL_CORRUPT: 'a spool file whose envelope or size is wrong',
+  SPOOL_WRITE_FAILED: 'a message could not be written to the spool',
+
+  // worker.
+  DKIM_SIGN_FAILED: 'a message that should be signed came out of the signer without a DKIM-Signature',
+
+  // The hedwig CLI (cli/args.ts CliError; each also has an exit code).
+  USAGE: 'wrong command line',
+  UNREACHABLE: 'beanstalkd or the post office cannot be reached',
+  UNREADABLE: 'a file (key, message, log) cannot be read',
+  NOT_QUEUED: 'the post office does not know the message',
+  REFUSED: 'mailman or the post office refused the message',
+  REJECTED: 'the post office answered with an error',
+  SCAN_FAILED: 'reading the failed tube stopped half way',
+} as const satisfies Record<string, string>;
+
+export type ErrorCode = keyof typeof ERROR_CODES;
+
+/** An expected failure as a value: what modules return instead of throwing across their boundary. */
+export interface Failed<C extends ErrorCode = ErrorCode> {
+  ok: false;
+  code: C;
+  message: string;
+}
+
+export class HedwigError<C extends ErrorCode = ErrorCode> extends Error {
+  readonly code: C;
+  constructor(code: C, message: string, options?: { cause?: unknown }) {
     super(message, options);
     this.code = code;
     this.name = 'HedwigError';
   }
 }
 
+/** The `code` of any thrown value: ours, a library's (nodemailer's E*, Node's errno names), or undefined. */
 export function errorCode(err: unknown): string | undefined {
   if (err && typeof err === 'object' && 'code' in err && typeof (err as { code: unknown }).code === 'string') {
     return (err as { code: string }).code;
