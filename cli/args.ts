@@ -1,5 +1,5 @@
 import { parseArgs, type ParseArgsConfig } from 'node:util';
-import { parseHostPort } from '../shared/config.ts';
+import { parseHostPort } from '../shared/host-port.ts';
 import { HedwigError, type ErrorCode } from '../shared/errors.ts';
 import type { BeanstalkAddress } from '../shared/beanstalk.ts';
 

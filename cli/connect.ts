@@ -2,11 +2,6 @@ import { BeanstalkClient, type BeanstalkAddress } from '../shared/beanstalk.ts';
 import { errorMessage } from '../shared/errors.ts';
 import { CliError, EXIT } from './args.ts';
 
-/** "host:port", bracketing IPv6 literals. */
-export function serverName(address: BeanstalkAddress): string {
-  return address.host.includes(':') ? `[${address.host}]:${address.port}` : `${address.host}:${address.port}`;
-}
-
 /**
  * One connection per server for the duration of a command. No automatic reconnect: a
  * command that loses its connection stops and says so (reserved jobs go back to ready on

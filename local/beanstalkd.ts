@@ -2,6 +2,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdirSync } from 'node:fs';
 import { connect } from 'node:net';
 import { HedwigError } from '../shared/errors.ts';
+import { formatHostPort } from '../shared/host-port.ts';
 import type { Logger } from '../shared/logger.ts';
 
 export interface BeanstalkdOptions {
@@ -49,7 +50,7 @@ export async function startBeanstalkd(options: BeanstalkdOptions, logger: Logger
       throw new HedwigError('STARTUP_FAILED', `cannot start ${options.binary}${hint}: ${failed.message}`);
     }
     if (await canConnect(options.host, options.port)) break;
-    if (Date.now() > deadline) throw new HedwigError('STARTUP_FAILED', `beanstalkd did not listen on ${options.host}:${options.port} within 10 s`);
+    if (Date.now() > deadline) throw new HedwigError('STARTUP_FAILED', `beanstalkd did not listen on ${formatHostPort(options)} within 10 s`);
   }
   logger.info({ event: 'beanstalkd_started', pid: child.pid, args }, 'beanstalkd started');
   return {

@@ -8,6 +8,7 @@ import { randomBytes } from 'node:crypto';
 import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
 import { dirname, resolve } from 'node:path';
 import { loadConfig } from '../shared/config.ts';
+import { formatHostPort } from '../shared/host-port.ts';
 import { jobSizeFor } from '../shared/job.ts';
 import { handleShutdown, runMain } from '../shared/lifecycle.ts';
 import { createLogger } from '../shared/logger.ts';
@@ -64,7 +65,7 @@ await runMain(logger, async () => {
     { name: 'beanstalkd', stop: () => beanstalkd.stop() },
   ]);
   logger.info(
-    { event: 'ready', smtp: `${mailmanConfig.listen.host}:${mailman.port}`, http: postoffice.url, dataDir },
+    { event: 'ready', smtp: formatHostPort({ host: mailmanConfig.listen.host, port: mailman.port }), http: postoffice.url, dataDir },
     `hedwig is running: send with  msmtp --host=${mailmanConfig.listen.host} --port=${mailman.port} --from=you@example.com someone@example.org < message.eml`,
   );
 });

@@ -1,5 +1,6 @@
 import type { BeanstalkAddress, PutOptions } from '../shared/beanstalk.ts';
 import { errorCode } from '../shared/errors.ts';
+import { formatHostPort } from '../shared/host-port.ts';
 
 export interface QueuedJob {
   jobId: string;
@@ -31,10 +32,6 @@ export interface QueueTarget extends PutOptions {
 // ambiguous (the put may have landed and only the answer got lost), so failing over can
 // queue a message twice; delivery is at-least-once, losing it is the worse outcome.
 const FAILOVER_CODES = new Set(['DISCONNECTED', 'TIMEOUT', 'DRAINING']);
-
-function serverName(address: BeanstalkAddress): string {
-  return address.host.includes(':') ? `[${address.host}]:${address.port}` : `${address.host}:${address.port}`;
-}
 
 /**
  * Puts jobs to one or more beanstalkd servers, round-robin, failing over to the next
@@ -70,7 +67,7 @@ export class RoundRobinQueue implements JobQueue {
         // remembers a tube once beanstalkd confirmed it): never put into the default tube.
         if (client.tubeUsed !== this.#tube) await client.use(this.#tube);
         const jobId = await client.put(payload, this.#putOptions);
-        return { jobId, server: serverName(client.address) };
+        return { jobId, server: formatHostPort(client.address) };
       } catch (err) {
         lastError = err;
         if (!FAILOVER_CODES.has(errorCode(err) ?? '')) throw err;

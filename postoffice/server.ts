@@ -3,6 +3,7 @@ import { isIP, type AddressInfo } from 'node:net';
 import type { Registry } from 'prom-client';
 import { BeanstalkClient } from '../shared/beanstalk.ts';
 import { errorCode, errorMessage, HedwigError } from '../shared/errors.ts';
+import { formatHostPort } from '../shared/host-port.ts';
 import type { Logger } from '../shared/logger.ts';
 import { createRegistry } from '../shared/ops-server.ts';
 import { buildApp } from './app.ts';
@@ -37,7 +38,7 @@ function readTls(tls: NonNullable<PostofficeConfig['tls']>): { cert: Buffer; key
 
 function createClient(address: { host: string; port: number }, logger: Logger): BeanstalkClient {
   const client = new BeanstalkClient(address);
-  const server = `${address.host}:${address.port}`;
+  const server = client.server;
   client.on('connect', () => logger.info({ event: 'beanstalk_connected', server }));
   client.on('disconnect', (err?: unknown) => logger.warn({ event: 'beanstalk_disconnected', server, error: err ? errorMessage(err) : undefined }));
   return client;
@@ -51,7 +52,7 @@ async function warnIfJobSizeTooSmall(client: BeanstalkClient, needed: number, lo
   const maxJobSize = Number((await client.stats())['max-job-size']);
   if (Number.isFinite(maxJobSize) && maxJobSize < needed) {
     logger.warn(
-      { event: 'beanstalk_job_size_too_small', server: `${client.address.host}:${client.address.port}`, maxJobSize, needed },
+      { event: 'beanstalk_job_size_too_small', server: client.server, maxJobSize, needed },
       `beanstalkd max-job-size is below what limits.maxMessageBytes needs: start it with -z ${needed} or more`,
     );
   }
@@ -75,7 +76,7 @@ export async function startPostoffice(config: PostofficeConfig, options: { logge
         await client.use(tube);
         await warnIfJobSizeTooSmall(client, jobSizeFor(config.limits.maxMessageBytes, config.limits.maxRecipients), logger);
       } catch (err) {
-        logger.warn({ event: 'beanstalk_unavailable', server: `${client.address.host}:${client.address.port}`, error: errorMessage(err) }, 'beanstalkd not reachable yet; retrying in the background');
+        logger.warn({ event: 'beanstalk_unavailable', server: client.server, error: errorMessage(err) }, 'beanstalkd not reachable yet; retrying in the background');
       }
     }),
   );
@@ -105,7 +106,7 @@ export async function startPostoffice(config: PostofficeConfig, options: { logge
     await app.close().catch(() => undefined);
     await stopStatusConsumers();
     await closeClients();
-    throw new HedwigError('STARTUP_FAILED', `cannot listen on ${config.listen.host}:${config.listen.port}: ${errorCode(err) ?? errorMessage(err)}`, { cause: err });
+    throw new HedwigError('STARTUP_FAILED', `cannot listen on ${formatHostPort(config.listen)}: ${errorCode(err) ?? errorMessage(err)}`, { cause: err });
   }
 
   const port = (app.server.address() as AddressInfo).port;
@@ -117,7 +118,7 @@ export async function startPostoffice(config: PostofficeConfig, options: { logge
       'serving plain HTTP on a non-loopback address: configure tls (the legacy route sends keys in the clear)',
     );
   }
-  logger.info({ event: 'started', url, beanstalk: clients.map((c) => `${c.address.host}:${c.address.port}`), tube, legacy: config.legacy.enabled });
+  logger.info({ event: 'started', url, beanstalk: clients.map((c) => c.server), tube, legacy: config.legacy.enabled });
 
   let stopping: Promise<void> | undefined;
   return {

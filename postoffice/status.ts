@@ -256,7 +256,7 @@ export function registerStatusRoute(app: FastifyInstance, deps: StatusRouteDeps)
 /** stats-job through whichever client talks to that server. */
 export function jobStateVia(clients: BeanstalkClient[]): (ref: JobRef) => Promise<LiveJobState> {
   return async (ref) => {
-    const client = clients.find((c) => c.server === ref.server || `[${c.address.host}]:${c.address.port}` === ref.server);
+    const client = clients.find((c) => c.server === ref.server);
     if (!client) return 'unknown';
     try {
       const state = String((await client.statsJob(ref.jobId)).state ?? '');

@@ -11,11 +11,9 @@ import type { EventEmitter } from 'node:events';
 import { createRequire } from 'node:module';
 import type { Socket } from 'node:net';
 import { BeanstalkError, serverError } from './beanstalk-protocol.ts';
+import { formatHostPort, type HostPort } from './host-port.ts';
 
-export interface BeanstalkAddress {
-  host: string;
-  port: number;
-}
+export type BeanstalkAddress = HostPort;
 
 type FivebeansCallback = (err: unknown, ...results: unknown[]) => void;
 
@@ -131,7 +129,7 @@ export class Connection {
   }
 
   get server(): string {
-    return `${this.address.host}:${this.address.port}`;
+    return formatHostPort(this.address);
   }
 
   command(command: FivebeansCommand, args: unknown[], timeoutMs: number): Promise<unknown[]> {

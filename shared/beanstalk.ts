@@ -10,6 +10,7 @@
  */
 import { EventEmitter } from 'node:events';
 import { Connection, describeCause, type BeanstalkAddress, type FivebeansCommand } from './beanstalk-connection.ts';
+import { formatHostPort } from './host-port.ts';
 import { BeanstalkError, checkJobId, checkTube, checkUint, toStats, toStringList, type Stats } from './beanstalk-protocol.ts';
 
 export { BeanstalkError, type BeanstalkErrorCode, type Stats } from './beanstalk-protocol.ts';
@@ -92,9 +93,9 @@ export class BeanstalkClient extends EventEmitter {
     return this.current?.open ?? false;
   }
 
-  /** "host:port" */
+  /** "host:port", IPv6 in brackets (shared/host-port.ts). */
   get server(): string {
-    return `${this.address.host}:${this.address.port}`;
+    return formatHostPort(this.address);
   }
 
   /** The tube `put` goes to (as re-applied after reconnects). */

@@ -3,6 +3,7 @@ import { resolve } from 'node:path';
 import { parse as parseYaml } from 'yaml';
 import { z } from 'zod';
 import { HedwigError } from './errors.ts';
+import { parseHostPort } from './host-port.ts';
 
 /**
  * Configuration is read once at start-up: a YAML file, then environment overrides,
@@ -131,13 +132,6 @@ export function resolveSecret(
     return undefined;
   }
   return secret;
-}
-
-/** `host:port` pairs as used for beanstalkd servers and static routes. */
-export function parseHostPort(value: string, defaultPort: number): { host: string; port: number } {
-  const m = /^\[([^\]]+)\](?::(\d+))?$/.exec(value) ?? /^([^:]+)(?::(\d+))?$/.exec(value);
-  if (!m) throw new HedwigError('BAD_HOSTPORT', `not a host[:port]: ${value}`);
-  return { host: m[1]!, port: m[2] ? Number(m[2]) : defaultPort };
 }
 
 /** A `host[:port]` config value, parsed into an address with the port in range. */

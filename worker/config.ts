@@ -1,7 +1,8 @@
 import { hostname } from 'node:os';
 import { isIP } from 'node:net';
 import { z } from 'zod';
-import { hostPortSchema, loadConfig, parseHostPort } from '../shared/config.ts';
+import { hostPortSchema, loadConfig } from '../shared/config.ts';
+import { parseHostPort } from '../shared/host-port.ts';
 import { webhookConfigSchema } from './webhook.ts';
 import { mailbox, TUBE } from '../shared/job.ts';
 import { connectionsSchema, dkimSchema, headersSchema, limitsSchema, sourceSchema, tlsSchema } from './identity-config.ts';

@@ -1,6 +1,6 @@
 import { promises as dns, type MxRecord } from 'node:dns';
 import { isIP } from 'node:net';
-import { parseHostPort } from '../shared/config.ts';
+import { parseHostPort } from '../shared/host-port.ts';
 import { errorCode } from '../shared/errors.ts';
 import { isPrivateAddress } from './private-address.ts';
 

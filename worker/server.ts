@@ -8,6 +8,7 @@ import { limitSettingsFrom, outgoingSettingsFrom, shapingSettingsFrom } from './
 import { createLimiter } from './limits.ts';
 import { unusableSourceAddresses } from './source-ip.ts';
 import { HedwigError } from '../shared/errors.ts';
+import { formatHostPort } from '../shared/host-port.ts';
 import { createWorkerMetrics } from './metrics.ts';
 import { createMxResolver } from './mx.ts';
 import { startOperations } from './operations.ts';
@@ -92,7 +93,7 @@ export async function startWorker(config: WorkerConfig, options: { logger: Logge
     throw err;
   }
   logger.info(
-    { event: 'started', servers: servers.map((s) => `${s.host}:${s.port}`), tube: config.beanstalk.tube, loops: loopCount, opsPort: ops.port, ehloName: config.ehloName },
+    { event: 'started', servers: servers.map(formatHostPort), tube: config.beanstalk.tube, loops: loopCount, opsPort: ops.port, ehloName: config.ehloName },
     'worker started',
   );
 

@@ -14,7 +14,8 @@ import {
   type CliIo,
   type Command,
 } from '../args.ts';
-import { serverName, withClient } from '../connect.ts';
+import { formatHostPort } from '../../shared/host-port.ts';
+import { withClient } from '../connect.ts';
 import { FILTER_HELP, FILTER_OPTIONS, matchingFailures, parseFilter, reasonClass, type FailureFilter } from '../failed-filter.ts';
 import { headerSection, recordView, splitForRetry, type RecordView } from '../failed-records.ts';
 import { FailedScan, type ScannedRecord, type VisitResult } from '../failed-scan.ts';
@@ -57,7 +58,7 @@ async function scanAll(
       let progress: Progress | undefined;
       if (options.progressLabel) {
         const ready = Number((await client.statsTube(tube).catch(() => ({}) as Record<string, unknown>))['current-jobs-ready'] ?? 0);
-        progress = progressBar(options.io.stderr, `${options.progressLabel} ${serverName(address)}`, ready);
+        progress = progressBar(options.io.stderr, `${options.progressLabel} ${formatHostPort(address)}`, ready);
       }
       const scan = new FailedScan(client);
       const server: ServerScan = { address, client, scan };
@@ -72,9 +73,9 @@ async function scanAll(
           },
         });
         complete &&= result.complete;
-        undecodable.push(...result.undecodable.map((id) => `${serverName(address)}/${id}`));
+        undecodable.push(...result.undecodable.map((id) => `${formatHostPort(address)}/${id}`));
       } catch (err) {
-        throw new CliError('SCAN_FAILED', `reading ${tube} on ${serverName(address)} failed: ${(err as Error).message}`, EXIT.failure, { cause: err });
+        throw new CliError('SCAN_FAILED', `reading ${tube} on ${formatHostPort(address)} failed: ${(err as Error).message}`, EXIT.failure, { cause: err });
       } finally {
         progress?.done();
       }
@@ -157,7 +158,7 @@ function parseJobRef(ref: string, servers: BeanstalkAddress[]): { jobId: string;
   const jobId = slash >= 0 ? ref.slice(slash + 1) : ref;
   if (!/^\d{1,20}$/.test(jobId)) throw usageError(`failed show: expected a job id like 42 or 127.0.0.1:11300/42, got ${JSON.stringify(ref)}`);
   if (slash < 0) return { jobId, servers };
-  const named = servers.filter((s) => serverName(s) === ref.slice(0, slash));
+  const named = servers.filter((s) => formatHostPort(s) === ref.slice(0, slash));
   return { jobId, servers: named.length > 0 ? named : beanstalkServers([ref.slice(0, slash)], {}) };
 }
 
@@ -190,7 +191,7 @@ Exit codes: 0 shown, 1 beanstalkd unreachable, 2 usage, 3 no such record.`,
           return;
         }
         const stats = await client.statsJob(ref.jobId).catch(() => ({}) as Record<string, unknown>);
-        found.push({ server: serverName(address), record, tube: String(stats.tube ?? '?'), state: String(stats.state ?? '?') });
+        found.push({ server: formatHostPort(address), record, tube: String(stats.tube ?? '?'), state: String(stats.state ?? '?') });
       });
     }
     if (found.length === 0) throw new CliError('NOT_FOUND', `no failed-message record with id ${positionals[0]}`, EXIT.notFound);

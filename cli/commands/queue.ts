@@ -2,7 +2,8 @@ import type { BeanstalkClient } from '../../shared/beanstalk.ts';
 import { TUBE } from '../../shared/job.ts';
 import { tubeCounts, type TubeCounts } from '../../shared/tube-stats.ts';
 import { beanstalkServers, EXIT, JSON_OPTION, parseCommandArgs, SERVER_HELP, SERVER_OPTIONS, usageError, type Command } from '../args.ts';
-import { serverName, withClient } from '../connect.ts';
+import { formatHostPort } from '../../shared/host-port.ts';
+import { withClient } from '../connect.ts';
 import { formatAge, table } from '../output.ts';
 
 export interface TubeReport extends TubeCounts {
@@ -86,11 +87,11 @@ Exit codes: 0 done, 1 a server unreachable (the others are still shown), 2 usage
             const counts = await tubeCounts(client, tube);
             const empty = counts.ready + counts.delayed + counts.reserved + counts.buried === 0;
             if (empty && !values.all && tube !== TUBE.outbound && tube !== TUBE.failed) continue;
-            reports.push({ server: serverName(address), tube, ...counts, oldestAgeSeconds: empty ? null : await oldestAgeSeconds(client, tube, counts, io.now()) });
+            reports.push({ server: formatHostPort(address), tube, ...counts, oldestAgeSeconds: empty ? null : await oldestAgeSeconds(client, tube, counts, io.now()) });
           }
         });
       } catch (err) {
-        unreachable.push(serverName(address));
+        unreachable.push(formatHostPort(address));
         io.stderr.write(`hedwig: ${(err as Error).message}\n`);
       }
     }

@@ -4,7 +4,7 @@ import { hostname } from 'node:os';
 import { createTransport } from 'nodemailer';
 import MailComposer from 'nodemailer/lib/mail-composer';
 import { isValidMailbox } from '../../shared/address.ts';
-import { parseHostPort } from '../../shared/config.ts';
+import { parseHostPort } from '../../shared/host-port.ts';
 import { errorMessage } from '../../shared/errors.ts';
 import { createPostofficeClient } from '../../mailman/postoffice-client.ts';
 import { CliError, EXIT, JSON_OPTION, parseCommandArgs, parseDuration, usageError, type CliIo, type Command } from '../args.ts';
