@@ -1,4 +1,4 @@
-import type { BeanstalkClient, ReservedJob } from '../shared/beanstalk.ts';
+import { DEFAULT_PRIORITY, type BeanstalkClient, type ReservedJob } from '../shared/beanstalk.ts';
 import { errorCode } from '../shared/errors.ts';
 import { decodeFailedJob, type FailedJob } from '../shared/job.ts';
 
@@ -48,7 +48,6 @@ export interface ScanResult {
   complete: boolean;
 }
 
-const DEFAULT_PRIORITY = 1024;
 
 interface Held {
   job: ReservedJob;

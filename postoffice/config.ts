@@ -1,7 +1,7 @@
 import { z } from 'zod';
 import { hostPortSchema, loadConfig, resolveSecret } from '../shared/config.ts';
 import { isValidDomain } from '../shared/address.ts';
-import { TUBE } from '../shared/job.ts';
+import { JOB_TTR_SECONDS, TUBE } from '../shared/job.ts';
 import { statusConfigSchema } from './status.ts';
 
 export const MIN_KEY_LENGTH = 32;
@@ -42,7 +42,7 @@ export const postofficeConfigSchema = z
       .object({
         servers: z.array(hostPortSchema(DEFAULT_BEANSTALK_PORT)).min(1).prefault(['127.0.0.1:11300']),
         tube: z.string().min(1).max(200).default(TUBE.outbound),
-        ttrSeconds: z.number().int().positive().default(600),
+        ttrSeconds: z.number().int().positive().default(JOB_TTR_SECONDS),
       })
       .strict()
       .prefault({}),

@@ -8,7 +8,7 @@ import { decodeStatusUpdate, STATUS_TUBE, type RecipientStatus, type StatusUpdat
 import { authenticateSignedRequest } from './auth.ts';
 import type { ClientPolicy } from './config.ts';
 import { errorBody, type Rejection } from './rejection.ts';
-import { sleep } from '../shared/sleep.ts';
+import { runReserveLoop } from '../shared/reserve-loop.ts';
 
 /**
  * `GET /v1/messages/:id`: the state of a message that is still queued.
@@ -148,32 +148,23 @@ export class StatusTable {
   }
 }
 
-/** Consumes the status tube of one beanstalkd server into the table until `stopping` is aborted. */
+/** Consumes the status tube of one beanstalkd server into the table (shared/reserve-loop.ts) until `stopping` is aborted. */
 export async function runStatusConsumer(address: BeanstalkAddress, tube: string, table: StatusTable, logger: Logger, stopping: AbortSignal, now: () => number = Date.now): Promise<void> {
   const client = new BeanstalkClient(address);
   stopping.addEventListener('abort', () => void client.close(), { once: true });
-  let watching = false;
-  while (!stopping.aborted) {
-    try {
-      if (!watching) {
-        await client.connect();
-        await client.watchOnly(tube);
-        watching = true;
-      }
-      const reserved = await client.reserve(1);
-      if (!reserved) continue;
+  // beanstalkd down: the put clients log that; the loop waits and tries again.
+  await runReserveLoop(client, {
+    tube,
+    stopping,
+    handle: async (reserved) => {
       try {
         table.apply(decodeStatusUpdate(reserved.payload), now());
       } catch {
         logger.warn({ event: 'status_update_undecodable', jobId: reserved.id, server: reserved.server }, 'not a status update; deleted');
       }
       await reserved.delete();
-    } catch {
-      if (stopping.aborted) break;
-      // beanstalkd down: the put clients log that; wait a moment (or until stopped) and try again.
-      await sleep(1000, stopping);
-    }
-  }
+    },
+  });
   await client.close();
 }
 

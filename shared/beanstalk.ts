@@ -42,6 +42,7 @@ export interface ReservedJob {
   touch(): Promise<void>;
 }
 
+/** The priority of every job hedwig puts, and of releases and burials that do not say. */
 export const DEFAULT_PRIORITY = 1024;
 
 interface TubeState {
@@ -79,6 +80,8 @@ export class BeanstalkClient extends EventEmitter {
   private active = false;
 
   private usedTube = 'default';
+  /** putTo's use+put pairs, one after the other, so two callers never put into each other's tube. */
+  private putQueue: Promise<unknown> = Promise.resolve();
   private readonly watchedTubes = new Set<string>(['default']);
 
   constructor(address: BeanstalkAddress, options: BeanstalkClientOptions = {}) {
@@ -192,6 +195,20 @@ export class BeanstalkClient extends EventEmitter {
     const ttr = checkUint(options.ttrSeconds ?? DEFAULT_TTR_SECONDS, 'ttr');
     const [id] = await this.run('put', [priority, delay, ttr, payload]);
     return String(id);
+  }
+
+  /**
+   * Puts into `tube`, switching the used tube first when it is another: the one way hedwig
+   * puts a job (retries, failed records, notices, events, status updates, CLI moves). Calls
+   * on one client run one after the other; plain use()/put() calls can still interleave.
+   */
+  putTo(tube: string, payload: Buffer, options: PutOptions = {}): Promise<string> {
+    const run = this.putQueue.then(async () => {
+      if (this.usedTube !== tube) await this.use(tube);
+      return this.put(payload, options);
+    });
+    this.putQueue = run.catch(() => undefined);
+    return run;
   }
 
   /** Resolves null on TIMED_OUT. Rejects DEADLINE_SOON when a job this connection holds is about to hit its TTR. */

@@ -1,6 +1,12 @@
 import { z } from 'zod';
 import { isValidMailbox } from './address.ts';
 
+/**
+ * Time-to-run of the outbound and failed jobs hedwig puts (post office, worker, CLI): a
+ * ceiling for a worker that crashed holding one; a live worker touches what it holds.
+ */
+export const JOB_TTR_SECONDS = 600;
+
 /** Tube names shared by the post office (producer) and workers (consumers). */
 export const TUBE = {
   outbound: 'hedwig-outbound',

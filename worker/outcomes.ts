@@ -38,11 +38,6 @@ export interface OutcomeOptions {
 const WATCHER_CACHE_MS = 10_000;
 const EVENT_TTR_SECONDS = 120;
 
-async function putInto(client: BeanstalkClient, tube: string, payload: Buffer, ttrSeconds: number): Promise<string> {
-  if (client.tubeUsed !== tube) await client.use(tube);
-  return client.put(payload, { ttrSeconds });
-}
-
 function iso(ms: number): string {
   return new Date(ms).toISOString();
 }
@@ -144,7 +139,7 @@ export function createOutcomeRecorder(options: OutcomeOptions): OutcomeRecorder 
         try {
           for (const event of events) {
             const entry: QueuedEvent = { v: 1, createdAt: now, event };
-            await putInto(client, options.webhook.tube, Buffer.from(JSON.stringify(entry)), ttrSeconds);
+            await client.putTo(options.webhook.tube, Buffer.from(JSON.stringify(entry)), { ttrSeconds });
             metrics.webhookEvents.inc({ type: event.type });
             queued++;
           }
@@ -157,7 +152,7 @@ export function createOutcomeRecorder(options: OutcomeOptions): OutcomeRecorder 
         try {
           if (await statusWatched(client, now)) {
             const update = statusUpdate(job, settlement, { now, server: client.server, ...(retryJobId ? { retryJobId } : {}) });
-            await putInto(client, statusTube, Buffer.from(JSON.stringify(update)), ttrSeconds);
+            await client.putTo(statusTube, Buffer.from(JSON.stringify(update)), { ttrSeconds });
             metrics.statusUpdates.inc({ result: 'sent' });
           } else {
             metrics.statusUpdates.inc({ result: 'skipped' });

@@ -9,10 +9,11 @@ import { createLimiter } from './limits.ts';
 import { unusableSourceAddresses } from './source-ip.ts';
 import { HedwigError } from '../shared/errors.ts';
 import { formatHostPort } from '../shared/host-port.ts';
+import { JOB_TTR_SECONDS } from '../shared/job.ts';
 import { createWorkerMetrics } from './metrics.ts';
 import { createMxResolver } from './mx.ts';
 import { startOperations } from './operations.ts';
-import { runReserveLoop, type WorkerDeps } from './worker.ts';
+import { runDeliveryLoop, type WorkerDeps } from './worker.ts';
 
 export interface RunningWorker {
   opsPort: number;
@@ -20,8 +21,6 @@ export interface RunningWorker {
   stop(): Promise<void>;
 }
 
-/** TTR of the jobs the worker puts; the worker touches jobs it holds, so this is only a ceiling for a crashed worker. */
-const PUT_TTR_SECONDS = 600;
 /** After the grace period, how long aborted deliveries get to record their outcome. */
 const ABORT_SETTLE_MS = 5_000;
 
@@ -65,7 +64,7 @@ export async function startWorker(config: WorkerConfig, options: { logger: Logge
     logger,
     policy: config.retry,
     tubes: { outbound: config.beanstalk.tube, failed: config.beanstalk.failedTube },
-    ttrSeconds: PUT_TTR_SECONDS,
+    ttrSeconds: JOB_TTR_SECONDS,
     outcomes: operations.outcomes,
     notices: {
       enabled: config.bounces.enabled,
@@ -79,7 +78,7 @@ export async function startWorker(config: WorkerConfig, options: { logger: Logge
   const servers = config.beanstalk.servers;
   const loopCount = Math.max(config.concurrency, servers.length);
   const clients = Array.from({ length: loopCount }, (_, i) => new BeanstalkClient(servers[i % servers.length]!));
-  const loops = clients.map((client) => runReserveLoop(client, deps, stopping.signal));
+  const loops = clients.map((client) => runDeliveryLoop(client, deps, stopping.signal));
 
   let ops: OpsServer;
   try {

@@ -5,7 +5,7 @@ import { errorCode, errorMessage } from '../shared/errors.ts';
 import type { Logger } from '../shared/logger.ts';
 import { webhookSignature, WEBHOOK_SIGNATURE_HEADER } from '../shared/webhook-signature.ts';
 import type { OperationsMetrics } from './ops-metrics.ts';
-import { sleep } from '../shared/sleep.ts';
+import { runReserveLoop } from '../shared/reserve-loop.ts';
 
 /**
  * Delivery events to an operator's webhook. The worker puts each event into its own
@@ -151,25 +151,12 @@ export async function dispatchEvent(client: BeanstalkClient, reserved: ReservedJ
   logger.warn({ event: 'webhook_failed', ...fields, reason: result.reason, attempt: releases + 1, retryInSeconds: delaySeconds });
 }
 
-/** Reserves events from the webhook tube on its own connection until `stopping` is aborted. */
-export async function runWebhookLoop(client: BeanstalkClient, deps: WebhookDeps, stopping: AbortSignal): Promise<void> {
-  let watching = false;
-  let pauseMs = 250;
-  while (!stopping.aborted) {
-    try {
-      if (!watching) {
-        await client.connect();
-        await client.watchOnly(deps.config.tube);
-        watching = true;
-      }
-      const reserved = await client.reserve(1);
-      pauseMs = 250;
-      if (reserved) await dispatchEvent(client, reserved, deps);
-    } catch (err) {
-      if (stopping.aborted) break;
-      deps.logger.debug({ event: 'webhook_reserve_failed', code: errorCode(err) });
-      await sleep(pauseMs, stopping);
-      pauseMs = Math.min(pauseMs * 2, 5000);
-    }
-  }
+/** Reserves events from the webhook tube on its own connection (shared/reserve-loop.ts) until `stopping` is aborted. */
+export function runWebhookLoop(client: BeanstalkClient, deps: WebhookDeps, stopping: AbortSignal): Promise<void> {
+  return runReserveLoop(client, {
+    tube: deps.config.tube,
+    stopping,
+    handle: (reserved) => dispatchEvent(client, reserved, deps),
+    onUnavailable: (err) => deps.logger.debug({ event: 'webhook_reserve_failed', code: errorCode(err) }),
+  });
 }

@@ -9,7 +9,7 @@ import type { MxResolver } from './mx.ts';
 import type { OutcomeRecorder } from './outcomes.ts';
 import { delayNotice, failureNotice, type NoticeKind, type NoticeSettings } from './dsn.ts';
 import { settle, type RetryPolicy, type Settlement } from './settle.ts';
-import { sleep } from '../shared/sleep.ts';
+import { runReserveLoop } from '../shared/reserve-loop.ts';
 
 /**
  * The life of one reserved job: decode, deliver to every destination domain, then hand
@@ -35,10 +35,6 @@ export interface WorkerDeps {
   now?: () => number;
 }
 
-const RESERVE_TIMEOUT_SECONDS = 1;
-const RESERVE_ERROR_PAUSE_MS = 250;
-const RESERVE_ERROR_PAUSE_MAX_MS = 5_000;
-const RESERVE_WARN_INTERVAL_MS = 60_000;
 const FALLBACK_TTR_SECONDS = 120;
 /**
  * A job reserved this many times without being settled keeps killing or wedging whoever
@@ -115,12 +111,6 @@ function logSettlement(job: OutboundJob, settlement: Settlement, deps: WorkerDep
   deps.metrics.deliveries.inc({ outcome: 'deferred' }, settlement.retry?.recipients.length ?? 0);
 }
 
-async function putInto(client: BeanstalkClient, tube: string, payload: Buffer, options: { delaySeconds?: number; ttrSeconds: number }): Promise<string> {
-  // Safe without locking: a reserve loop owns its client and does one thing at a time.
-  if (client.tubeUsed !== tube) await client.use(tube);
-  return client.put(payload, options);
-}
-
 /** TTR and reserve count of a reserved job; fallbacks when beanstalkd cannot say. */
 async function reservedJobStats(client: BeanstalkClient, reserved: ReservedJob, logger: Logger): Promise<{ ttrSeconds: number; reserves: number }> {
   try {
@@ -190,16 +180,16 @@ export async function handleReservedJob(client: BeanstalkClient, reserved: Reser
     notices = await buildNotices(job, raw, settlement, deps, attemptStartedAt, now());
 
     if (settlement.failedJob) {
-      putIds.failedJobId = await putInto(client, deps.tubes.failed, encodeJob(settlement.failedJob), { ttrSeconds: deps.ttrSeconds });
+      putIds.failedJobId = await client.putTo(deps.tubes.failed, encodeJob(settlement.failedJob), { ttrSeconds: deps.ttrSeconds });
     }
     if (settlement.retry) {
-      putIds.retryJobId = await putInto(client, deps.tubes.outbound, encodeJob(settlement.retry.job), {
+      putIds.retryJobId = await client.putTo(deps.tubes.outbound, encodeJob(settlement.retry.job), {
         delaySeconds: settlement.retry.delaySeconds,
         ttrSeconds: deps.ttrSeconds,
       });
     }
     for (const notice of notices) {
-      putIds.noticeJobIds.push(await putInto(client, deps.tubes.outbound, encodeJob(notice.job), { ttrSeconds: deps.ttrSeconds }));
+      putIds.noticeJobIds.push(await client.putTo(deps.tubes.outbound, encodeJob(notice.job), { ttrSeconds: deps.ttrSeconds }));
     }
     await deps.outcomes?.record(client, job, settlement, { now: now(), ...(putIds.retryJobId ? { retryJobId: putIds.retryJobId } : {}) });
     await reserved.delete();
@@ -252,37 +242,14 @@ function logNotices(job: OutboundJob, notices: QueuedNotice[], jobIds: string[],
   }
 }
 
-/**
- * Reserves and handles jobs one at a time on its own connection (job commands must use the
- * reserving connection, and a pending reserve blocks it) until `stopping` is aborted. The
- * 1-second reserve timeout is what lets it notice.
- */
-export async function runReserveLoop(client: BeanstalkClient, deps: WorkerDeps, stopping: AbortSignal): Promise<void> {
+/** The delivery loop of one reserve connection (shared/reserve-loop.ts) until `stopping` is aborted. */
+export function runDeliveryLoop(client: BeanstalkClient, deps: WorkerDeps, stopping: AbortSignal): Promise<void> {
   const log = deps.logger.child({ server: client.server });
-  let watching = false;
-  let pauseMs = RESERVE_ERROR_PAUSE_MS;
-  let lastWarnedAt = 0;
-  while (!stopping.aborted) {
-    try {
-      if (!watching) {
-        await client.connect();
-        await client.watchOnly(deps.tubes.outbound);
-        watching = true; // the client re-applies its watch list after reconnects
-      }
-      const reserved = await client.reserve(RESERVE_TIMEOUT_SECONDS);
-      if (lastWarnedAt !== 0) log.info({ event: 'reserve_recovered' }, 'beanstalkd reachable again');
-      lastWarnedAt = 0;
-      pauseMs = RESERVE_ERROR_PAUSE_MS;
-      if (reserved) await handleReservedJob(client, reserved, deps);
-    } catch (err) {
-      if (stopping.aborted) break;
-      // One line when the outage starts and then one a minute, not one per retry.
-      if (Date.now() - lastWarnedAt >= RESERVE_WARN_INTERVAL_MS) {
-        log.warn({ event: 'reserve_failed', code: errorCode(err) ?? 'UNKNOWN', message: errorMessage(err) }, 'beanstalkd unavailable; retrying');
-        lastWarnedAt = Date.now();
-      }
-      await sleep(pauseMs, stopping);
-      pauseMs = Math.min(pauseMs * 2, RESERVE_ERROR_PAUSE_MAX_MS);
-    }
-  }
+  return runReserveLoop(client, {
+    tube: deps.tubes.outbound,
+    stopping,
+    handle: (reserved) => handleReservedJob(client, reserved, deps),
+    onUnavailable: (err) => log.warn({ event: 'reserve_failed', code: errorCode(err) ?? 'UNKNOWN', message: errorMessage(err) }, 'beanstalkd unavailable; retrying'),
+    onRecovered: () => log.info({ event: 'reserve_recovered' }, 'beanstalkd reachable again'),
+  });
 }

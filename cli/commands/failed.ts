@@ -1,6 +1,6 @@
 import { domainOf } from '../../shared/address.ts';
 import type { BeanstalkAddress, BeanstalkClient } from '../../shared/beanstalk.ts';
-import { decodeFailedJob, encodeJob, TUBE, type FailedJob, type Failure } from '../../shared/job.ts';
+import { decodeFailedJob, encodeJob, JOB_TTR_SECONDS, TUBE, type FailedJob, type Failure } from '../../shared/job.ts';
 import {
   beanstalkServers,
   CliError,
@@ -20,9 +20,6 @@ import { FILTER_HELP, FILTER_OPTIONS, matchingFailures, parseFilter, reasonClass
 import { headerSection, recordView, splitForRetry, type RecordView } from '../failed-records.ts';
 import { FailedScan, type ScannedRecord, type VisitResult } from '../failed-scan.ts';
 import { isoTime, oneLine, progressBar, table, type Progress } from '../output.ts';
-
-/** TTR of the outbound jobs a retry puts, as the post office's default. */
-const RETRY_TTR_SECONDS = 600;
 
 const TUBE_OPTIONS = {
   'failed-tube': { type: 'string', default: TUBE.failed },
@@ -238,11 +235,6 @@ interface Moved {
   remainderJobId?: string;
 }
 
-async function putInto(client: BeanstalkClient, tube: string, payload: Buffer, priority: number): Promise<string> {
-  if (client.tubeUsed !== tube) await client.use(tube);
-  return client.put(payload, { priority, ttrSeconds: RETRY_TTR_SECONDS });
-}
-
 export const failedRetry: Command = {
   name: 'failed retry',
   summary: 'move matching failed messages back to the outbound queue',
@@ -291,9 +283,9 @@ Exit codes: 0 done, 1 beanstalkd unreachable or a move failed (the rest is untou
           return { stop: moved.length >= limit };
         }
         const split = splitForRetry(record, selected, io.now());
-        entry.outboundJobId = await putInto(client, outboundTube, encodeJob(split.outbound), 1024);
+        entry.outboundJobId = await client.putTo(outboundTube, encodeJob(split.outbound), { ttrSeconds: JOB_TTR_SECONDS });
         if (split.remainder) {
-          entry.remainderJobId = await putInto(client, failedTube, encodeJob(split.remainder), priority);
+          entry.remainderJobId = await client.putTo(failedTube, encodeJob(split.remainder), { priority, ttrSeconds: JOB_TTR_SECONDS });
           scan.ownPuts.add(entry.remainderJobId);
         }
         await reserved.delete();

@@ -49,6 +49,22 @@ describe('BeanstalkClient against a running beanstalkd', () => {
     assert.deepEqual(client.tubesWatched, ['only'], 'calling it again changes nothing');
   });
 
+  test('putTo puts into the named tube, and concurrent putTo calls on one client never swap tubes', TEST_TIMEOUT, async (t) => {
+    const client = await clientFor(t, server);
+    const tubes = ['put-to-a', 'put-to-b', 'put-to-c'];
+    await Promise.all(Array.from({ length: 30 }, (_, i) => client.putTo(tubes[i % 3]!, Buffer.from(tubes[i % 3]!), { ttrSeconds: 60 })));
+    const reader = await clientFor(t, server);
+    for (const tube of tubes) {
+      await reader.watchOnly(tube);
+      for (let i = 0; i < 10; i++) {
+        const job = await reader.reserve(0);
+        assert.equal(job?.payload.toString(), tube, `job ${i} in ${tube}`);
+        await job!.delete();
+      }
+      assert.equal(await reader.reserve(0), null, `nothing else in ${tube}`);
+    }
+  });
+
   test('put, reserve and delete carry every byte value and CRLF inside the payload unchanged', TEST_TIMEOUT, async (t) => {
     const client = await clientFor(t, server);
     await client.use('roundtrip');
