@@ -9,10 +9,14 @@
 
 # Compiles the TypeScript sources to plain ESM JavaScript in dist/ (relative imports
 # rewritten from .ts to .js), so the runtime needs neither tsx nor typescript.
-FROM node:24-bookworm-slim AS build
+# Every dependency, with patches/ applied by patch-package (the postinstall script).
+FROM node:24-bookworm-slim AS install
 WORKDIR /src
 COPY package.json package-lock.json ./
+COPY patches ./patches
 RUN npm ci --no-audit --no-fund
+
+FROM install AS build
 COPY tsconfig.json tsconfig.build.json key-generator.ts ./
 COPY shared ./shared
 COPY mailman ./mailman
@@ -22,11 +26,10 @@ COPY cli ./cli
 COPY deploy/healthcheck.ts ./deploy/healthcheck.ts
 RUN npx tsc -p tsconfig.build.json
 
-# Production dependencies only, installed apart from the build so no dev tool reaches the runtime.
-FROM node:24-bookworm-slim AS deps
-WORKDIR /src
-COPY package.json package-lock.json ./
-RUN npm ci --omit=dev --no-audit --no-fund && npm cache clean --force
+# Production dependencies only, so no dev tool reaches the runtime: the patched tree pruned
+# (a fresh `npm ci --omit=dev` would need patch-package, a dev tool, to patch it again).
+FROM install AS deps
+RUN npm prune --omit=dev --no-audit --no-fund && npm cache clean --force
 
 FROM node:24-bookworm-slim AS runtime
 ENV NODE_ENV=production \

@@ -134,6 +134,11 @@ export function createSmtpServer(deps: SmtpDependencies): SMTPServer {
     disabledCommands: tls ? ['AUTH'] : ['AUTH', 'STARTTLS'],
     ...(tls ?? {}),
     disableReverseLookup: true,
+    // smtp-server holds every connection 100 ms before the greeting to catch spam bots that
+    // talk first. Only this host's own programs reach mailman (allowedNetworks), so that is
+    // pure latency: one msmtp call or PHP mail() waited >= 100 ms. The option comes from our
+    // patch (patches/smtp-server+*.patch, applied by patch-package at npm ci; see patches/README.md).
+    earlyTalkerDelay: 0,
     maxClients: config.maxClients,
     socketTimeout: config.socketTimeoutMs,
     // Long enough for a transaction in flight to finish its inline forward or spool write.
