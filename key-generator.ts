@@ -6,9 +6,10 @@
  *       A fresh 256-bit key (CSPRNG) and the two config snippets that use it:
  *       the mailman config for that host and the client entry for the post office.
  *
- *   key-generator.ts --dkim example.com --selector s2026 [--bits 2048] [--out DIR] [--ehlo mx-out.example.com] [--ip 192.0.2.10]
- *       An RSA key pair for DKIM; the private key is written with mode 0600 and the
- *       DNS records to publish are printed (DKIM TXT, SPF, DMARC, and A/PTR/MX advice).
+ *   key-generator.ts --dkim example.com --selector s2026 [--algorithm rsa|ed25519] [--bits 2048] [--out DIR] [--ehlo mx-out.example.com] [--ip 192.0.2.10]
+ *       A key pair for DKIM (RSA, default 2048 bits, or Ed25519, RFC 8463); the private key
+ *       is written with mode 0600 and the DNS records to publish are printed (DKIM TXT, SPF,
+ *       DMARC, and A/PTR/MX advice).
  */
 import { generateKeyPairSync, randomBytes } from 'node:crypto';
 import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
@@ -18,7 +19,7 @@ import { isValidDomain } from './shared/address.ts';
 
 const USAGE = `usage:
   key-generator.ts --fqdn HOST [--sender-domain DOMAIN ...] [--postoffice-url URL] [--json]
-  key-generator.ts --dkim DOMAIN --selector SELECTOR [--bits 2048] [--out DIR] [--ehlo NAME] [--ip ADDRESS] [--json]`;
+  key-generator.ts --dkim DOMAIN --selector SELECTOR [--algorithm rsa|ed25519] [--bits 2048] [--out DIR] [--ehlo NAME] [--ip ADDRESS] [--json]`;
 
 export const HOST_KEY_BYTES = 32;
 
@@ -57,10 +58,14 @@ function txtStrings(value: string): string {
   return parts.join(' ');
 }
 
-export function dkimEnrolment(domain: string, selector: string, bits: number, outDir: string, ehlo?: string, ip?: string) {
-  const { privateKey, publicKey } = generateKeyPairSync('rsa', { modulusLength: bits });
+export type DkimKeyAlgorithm = 'rsa' | 'ed25519';
+
+export function dkimEnrolment(domain: string, selector: string, bits: number, outDir: string, ehlo?: string, ip?: string, algorithm: DkimKeyAlgorithm = 'rsa') {
+  const { privateKey, publicKey } = algorithm === 'ed25519' ? generateKeyPairSync('ed25519') : generateKeyPairSync('rsa', { modulusLength: bits });
   const privatePem = privateKey.export({ type: 'pkcs8', format: 'pem' }).toString();
-  const publicDer = publicKey.export({ type: 'spki', format: 'der' }).toString('base64');
+  const spki = publicKey.export({ type: 'spki', format: 'der' });
+  // RFC 8463 §4.2: an Ed25519 record carries the bare 32-byte key, not the SPKI structure RSA records use.
+  const publicDer = (algorithm === 'ed25519' ? spki.subarray(-32) : spki).toString('base64');
   mkdirSync(outDir, { recursive: true, mode: 0o700 });
   const keyFile = resolve(join(outDir, `${domain}.${selector}.key`));
   if (existsSync(keyFile)) throw new Error(`refusing to overwrite ${keyFile}`);
@@ -69,7 +74,7 @@ export function dkimEnrolment(domain: string, selector: string, bits: number, ou
   const ehloName = ehlo ?? `mail-out.${domain}`;
   const spfMechanism = ip ? (ip.includes(':') ? `ip6:${ip}` : `ip4:${ip}`) : `a:${ehloName}`;
   const records = {
-    dkim: `${selector}._domainkey.${domain}. IN TXT ${txtStrings(`v=DKIM1; k=rsa; p=${publicDer}`)}`,
+    dkim: `${selector}._domainkey.${domain}. IN TXT ${txtStrings(`v=DKIM1; k=${algorithm}; p=${publicDer}`)}`,
     spf: `${domain}. IN TXT "v=spf1 ${spfMechanism} ~all"`,
     dmarc: `_dmarc.${domain}. IN TXT "v=DMARC1; p=none; rua=mailto:dmarc-reports@${domain}; adkim=r; aspf=r"`,
   };
@@ -78,9 +83,15 @@ export function dkimEnrolment(domain: string, selector: string, bits: number, ou
     `PTR for ${ip ?? 'that address'} -> ${ehloName}.   (set by whoever owns the address block; receivers check forward-confirmed reverse DNS)`,
     `${domain}. IN MX 10 <your inbound mail host>.   (bounces and replies to ${domain} must be deliverable somewhere)`,
     'Start DMARC at p=none, read the reports, then move to p=quarantine and p=reject.',
+    ...(algorithm === 'ed25519'
+      ? ['Ed25519 (RFC 8463) is not yet verified by every receiver: keep an RSA key for the domain too, and list both under dkim.' + domain + ' (every message gets both signatures).']
+      : []),
   ];
-  const worker = ['# worker.yaml', 'dkim:', `  ${domain}:`, `    selector: ${selector}`, `    keyFile: ${keyFile}`].join('\n');
-  return { domain, selector, bits, keyFile, records, advice, worker };
+  const worker =
+    algorithm === 'ed25519'
+      ? ['# worker.yaml: the Ed25519 key next to the domain\'s RSA key', 'dkim:', `  ${domain}:`, '    - selector: <the RSA selector>', '      keyFile: <the RSA key file>', `    - selector: ${selector}`, `      keyFile: ${keyFile}`].join('\n')
+      : ['# worker.yaml', 'dkim:', `  ${domain}:`, `    selector: ${selector}`, `    keyFile: ${keyFile}`].join('\n');
+  return { domain, selector, algorithm, ...(algorithm === 'rsa' ? { bits } : {}), keyFile, records, advice, worker };
 }
 
 function main(argv: string[]): number {
@@ -94,6 +105,7 @@ function main(argv: string[]): number {
         'postoffice-url': { type: 'string', default: 'https://postoffice.example.com' },
         dkim: { type: 'string' },
         selector: { type: 'string' },
+        algorithm: { type: 'string', default: 'rsa' },
         bits: { type: 'string', default: '2048' },
         out: { type: 'string', default: './data/dkim' },
         ehlo: { type: 'string' },
@@ -136,13 +148,17 @@ function main(argv: string[]): number {
       process.stderr.write('--selector: required, letters, digits and hyphens\n');
       return 64;
     }
+    if (args.algorithm !== 'rsa' && args.algorithm !== 'ed25519') {
+      process.stderr.write('--algorithm: rsa or ed25519\n');
+      return 64;
+    }
     if (![1024, 2048, 3072, 4096].includes(bits)) {
       process.stderr.write('--bits: one of 1024, 2048, 3072, 4096 (2048 recommended)\n');
       return 64;
     }
     let enrolment;
     try {
-      enrolment = dkimEnrolment(args.dkim, args.selector, bits, args.out, args.ehlo, args.ip);
+      enrolment = dkimEnrolment(args.dkim, args.selector, bits, args.out, args.ehlo, args.ip, args.algorithm);
     } catch (err) {
       process.stderr.write(`${(err as Error).message}\n`);
       return 73;

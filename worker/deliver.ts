@@ -301,7 +301,7 @@ export function createDeliverer(options: DelivererOptions): Deliverer {
         return request.recipients.map((recipient) => ({ recipient, outcome: 'deferred', greylisted: false, responseCode: 451, enhancedCode: '4.3.0', response: `451 4.3.0 ${prepared.message}` }));
       }
       const message = { ...request, raw: prepared.raw };
-      const signedBy = prepared.signedBy ? `${prepared.signedBy.domain}/${prepared.signedBy.selector}` : undefined;
+      const signedBy = prepared.signedBy ? prepared.signedBy.map((s) => `${s.domain}/${s.selector}`).join(',') : undefined;
       const mode = tlsModeFor(tls, request.domain);
       const senderDomain = signingDomainOf(request.from, outgoing);
       const destination: Destination = limiter?.destinationFor(request.domain, request.hosts.map((h) => h.name)) ?? { key: request.domain, limit: {} };

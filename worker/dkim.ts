@@ -1,24 +1,32 @@
 import { createPrivateKey, type KeyObject } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import DKIM from 'nodemailer/lib/dkim';
+import { signEd25519 } from './dkim-ed25519.ts';
 
 /**
- * DKIM signing (RFC 6376) with nodemailer's signer: rsa-sha256, relaxed/relaxed.
+ * DKIM signing (RFC 6376), relaxed/relaxed: rsa-sha256 with nodemailer's signer,
+ * ed25519-sha256 (RFC 8463) with dkim-ed25519.ts over nodemailer's canonicalisation.
  * DESIGN.md says why not dkim-signer (its signatures failed to verify for empty, 8-bit
  * and UTF-8 bodies). nodemailer signs nothing, silently, when a key is unusable, so keys
- * are checked once at start-up and every signed message is checked for its signature.
+ * are checked once at start-up and every signed message is checked for its signatures.
+ * A domain may have one key of each algorithm: every message then carries both
+ * signatures, so verifiers that know Ed25519 use it and the others still find RSA.
  */
+
+export const DKIM_ALGORITHMS = ['rsa-sha256', 'ed25519-sha256'] as const;
+export type DkimAlgorithm = (typeof DKIM_ALGORITHMS)[number];
 
 export interface DkimKey {
   /** The d= domain. */
   domain: string;
   selector: string;
+  algorithm: DkimAlgorithm;
   /** Parsed once: a PEM string per signature is several times slower (DESIGN.md). */
   privateKey: KeyObject;
 }
 
-/** Signing keys by lower-case domain. */
-export type DkimKeys = ReadonlyMap<string, DkimKey>;
+/** Signing keys by lower-case domain: one or two (an RSA and an Ed25519 key). */
+export type DkimKeys = ReadonlyMap<string, readonly DkimKey[]>;
 
 /**
  * nodemailer's default list (RFC 4871 §5.5) plus List-Unsubscribe-Post (RFC 8058, which
@@ -37,9 +45,9 @@ export const SIGNED_FIELDS = [
 /** RFC 8301: verifiers must not accept RSA keys under 1024 bits. */
 export const MIN_RSA_BITS = 1024;
 
-export type KeyCheck = { ok: true; key: KeyObject } | { ok: false; message: string };
+export type KeyCheck = { ok: true; key: KeyObject; algorithm: DkimAlgorithm } | { ok: false; message: string };
 
-/** Reads and checks a DKIM private key file: it must be an RSA private key of MIN_RSA_BITS or more. */
+/** Reads and checks a DKIM private key file: an RSA private key of MIN_RSA_BITS or more, or an Ed25519 private key. */
 export function loadDkimPrivateKey(file: string): KeyCheck {
   let pem: Buffer;
   try {
@@ -54,22 +62,23 @@ export function loadDkimPrivateKey(file: string): KeyCheck {
     // The parser's message names the format problem; it never quotes the key.
     return { ok: false, message: `${file} is not a private key in PEM or DER form (${(err as Error).message})` };
   }
+  if (key.asymmetricKeyType === 'ed25519') return { ok: true, key, algorithm: 'ed25519-sha256' };
   if (key.asymmetricKeyType !== 'rsa') {
-    return { ok: false, message: `${file} is a ${key.asymmetricKeyType ?? 'non-RSA'} key; DKIM signing here needs an RSA key (rsa-sha256)` };
+    return { ok: false, message: `${file} is a ${key.asymmetricKeyType ?? 'non-RSA'} key; DKIM signing here needs an RSA (rsa-sha256) or Ed25519 (ed25519-sha256) key` };
   }
   const bits = key.asymmetricKeyDetails?.modulusLength ?? 0;
   if (bits < MIN_RSA_BITS) return { ok: false, message: `${file} is a ${bits}-bit RSA key; at least ${MIN_RSA_BITS} bits are needed (2048 recommended)` };
-  return { ok: true, key };
+  return { ok: true, key, algorithm: 'rsa-sha256' };
 }
 
-/** The configured key for `domain`, else for its closest parent domain (d= may be a parent of the sender's domain). */
-export function keyFor(keys: DkimKeys, domain: string): DkimKey | undefined {
+/** The configured keys for `domain`, else for its closest parent domain (d= may be a parent of the sender's domain). */
+export function keysFor(keys: DkimKeys, domain: string): readonly DkimKey[] {
   const labels = domain.toLowerCase().split('.');
   for (let i = 0; i < labels.length; i++) {
-    const key = keys.get(labels.slice(i).join('.'));
-    if (key) return key;
+    const found = keys.get(labels.slice(i).join('.'));
+    if (found && found.length > 0) return found;
   }
-  return undefined;
+  return [];
 }
 
 export type SignResult = { ok: true; raw: Buffer } | { ok: false; code: 'DKIM_SIGN_FAILED'; message: string };
@@ -83,8 +92,7 @@ function collect(stream: NodeJS.ReadableStream): Promise<Buffer> {
   });
 }
 
-/** Prepends a DKIM-Signature; fails (never silently sends unsigned) when nodemailer produced none. */
-export async function signMessage(raw: Buffer, key: DkimKey): Promise<SignResult> {
+async function signRsa(raw: Buffer, key: DkimKey): Promise<SignResult> {
   const signer = new DKIM({ domainName: key.domain, keySelector: key.selector, privateKey: key.privateKey, headerFieldNames: SIGNED_FIELDS });
   let signed: Buffer;
   try {
@@ -94,6 +102,33 @@ export async function signMessage(raw: Buffer, key: DkimKey): Promise<SignResult
   }
   if (!signed.subarray(0, 16).toString('latin1').toLowerCase().startsWith('dkim-signature:')) {
     return { ok: false, code: 'DKIM_SIGN_FAILED', message: `DKIM signing for ${key.domain} (selector ${key.selector}) produced no signature` };
+  }
+  return { ok: true, raw: signed };
+}
+
+/**
+ * Prepends one DKIM-Signature per key; fails (never silently sends unsigned, or with one of
+ * two signatures) when a signer produced none. Every signature covers the message as it
+ * was before any of them: DKIM-Signature fields are not in SIGNED_FIELDS, so the order on
+ * top does not matter to verifiers.
+ */
+export async function signMessage(raw: Buffer, keys: DkimKey | readonly DkimKey[]): Promise<SignResult> {
+  const list = Array.isArray(keys) ? (keys as readonly DkimKey[]) : [keys as DkimKey];
+  let signed = raw;
+  // Ed25519 fields first, RSA on top: nodemailer's signer prepends its field to what it is given.
+  for (const key of list.filter((k) => k.algorithm === 'ed25519-sha256')) {
+    try {
+      const { field } = await signEd25519(raw, key, SIGNED_FIELDS);
+      signed = Buffer.concat([Buffer.from(`${field}\r\n`, 'latin1'), signed]);
+    } catch (err) {
+      return { ok: false, code: 'DKIM_SIGN_FAILED', message: `DKIM signing (ed25519-sha256) for ${key.domain} (selector ${key.selector}) failed: ${(err as Error).message}` };
+    }
+  }
+  for (const key of list.filter((k) => k.algorithm === 'rsa-sha256')) {
+    // Signing the already Ed25519-signed message is the same as signing `raw`: DKIM-Signature is not signed.
+    const result = await signRsa(signed, key);
+    if (!result.ok) return result;
+    signed = result.raw;
   }
   return { ok: true, raw: signed };
 }

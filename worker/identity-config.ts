@@ -27,22 +27,38 @@ const selector = z.string().regex(/^[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\
 });
 
 /**
- * `dkim.<domain>: {selector, keyFile}` (what `key-generator.ts --dkim` prints). Keys are
- * read and checked here, so a missing, broken or non-RSA key stops start-up with the
- * config error naming the key.
+ * `dkim.<domain>: {selector, keyFile}` (what `key-generator.ts --dkim` prints), or a list of
+ * two such entries, an RSA and an Ed25519 key (RFC 8463 §4 asks signers to sign with both
+ * while verifiers catch up). Keys are read and checked here, so a missing, broken or
+ * unsupported key stops start-up with the config error naming the key.
  */
+const dkimEntry = z.object({ selector, keyFile: z.string().min(1) }).strict();
+
 export const dkimSchema = z
-  .record(domainKey, z.object({ selector, keyFile: z.string().min(1) }).strict())
+  .record(domainKey, z.union([dkimEntry.transform((entry) => [entry]), z.array(dkimEntry).min(1).max(2)]))
   .default({})
-  .transform((entries, ctx): Map<string, DkimKey> => {
-    const keys = new Map<string, DkimKey>();
-    for (const [domain, entry] of Object.entries(entries)) {
-      const loaded = loadDkimPrivateKey(entry.keyFile);
-      if (!loaded.ok) {
-        ctx.addIssue({ code: 'custom', path: [domain, 'keyFile'], message: loaded.message });
-        continue;
+  .transform((entries, ctx): Map<string, DkimKey[]> => {
+    const keys = new Map<string, DkimKey[]>();
+    for (const [domain, list] of Object.entries(entries)) {
+      const loadedKeys: DkimKey[] = [];
+      for (const [i, entry] of list.entries()) {
+        const path = list.length > 1 ? [domain, i, 'keyFile'] : [domain, 'keyFile'];
+        const loaded = loadDkimPrivateKey(entry.keyFile);
+        if (!loaded.ok) {
+          ctx.addIssue({ code: 'custom', path, message: loaded.message });
+          continue;
+        }
+        if (loadedKeys.some((k) => k.algorithm === loaded.algorithm)) {
+          ctx.addIssue({ code: 'custom', path, message: `a second ${loaded.algorithm} key for ${domain}; give one RSA and one Ed25519 key at most` });
+          continue;
+        }
+        if (loadedKeys.some((k) => k.selector === entry.selector)) {
+          ctx.addIssue({ code: 'custom', path: path.slice(0, -1).concat('selector'), message: `selector ${entry.selector} is used twice for ${domain}` });
+          continue;
+        }
+        loadedKeys.push({ domain, selector: entry.selector, algorithm: loaded.algorithm, privateKey: loaded.key });
       }
-      keys.set(domain, { domain, selector: entry.selector, privateKey: loaded.key });
+      keys.set(domain, loadedKeys);
     }
     return keys;
   });

@@ -1,5 +1,5 @@
 import { domainOf } from '../shared/address.ts';
-import { keyFor, signMessage, type DkimKey, type DkimKeys } from './dkim.ts';
+import { keysFor, signMessage, type DkimKey, type DkimKeys } from './dkim.ts';
 import { editHeaders, normalizeLineEnds } from './headers.ts';
 
 /**
@@ -37,16 +37,17 @@ export interface OutgoingMessage {
 }
 
 export type Prepared =
-  | { ok: true; raw: Buffer; signedBy?: { domain: string; selector: string } }
+  | { ok: true; raw: Buffer; signedBy?: Array<{ domain: string; selector: string; algorithm: DkimKey['algorithm'] }> }
   | { ok: false; code: 'DKIM_SIGN_FAILED'; message: string };
 
 export function signingDomainOf(from: string, settings: Pick<OutgoingSettings, 'hostname' | 'nullSenderDomain'>): string {
   return from === '' ? (settings.nullSenderDomain ?? settings.hostname) : domainOf(from);
 }
 
-export function signingKeyFor(from: string, settings: OutgoingSettings): DkimKey | undefined {
-  if (from === '' && settings.nullSenderDomain === undefined) return undefined;
-  return keyFor(settings.dkim, signingDomainOf(from, settings));
+/** The keys that sign mail from `from`: none, one, or an RSA and an Ed25519 key of the same domain. */
+export function signingKeysFor(from: string, settings: OutgoingSettings): readonly DkimKey[] {
+  if (from === '' && settings.nullSenderDomain === undefined) return [];
+  return keysFor(settings.dkim, signingDomainOf(from, settings));
 }
 
 export async function prepareMessage(message: OutgoingMessage, settings: OutgoingSettings): Promise<Prepared> {
@@ -56,9 +57,9 @@ export async function prepareMessage(message: OutgoingMessage, settings: Outgoin
     receivedAt: message.receivedAt,
     ...(settings.received ? { received: { submittedBy: message.submittedBy ?? 'unknown', by: settings.hostname, at: message.now } } : {}),
   });
-  const key = signingKeyFor(message.from, settings);
-  if (!key) return { ok: true, raw: edited };
-  const signed = await signMessage(edited, key);
+  const keys = signingKeysFor(message.from, settings);
+  if (keys.length === 0) return { ok: true, raw: edited };
+  const signed = await signMessage(edited, keys);
   if (!signed.ok) return signed;
-  return { ok: true, raw: signed.raw, signedBy: { domain: key.domain, selector: key.selector } };
+  return { ok: true, raw: signed.raw, signedBy: keys.map((key) => ({ domain: key.domain, selector: key.selector, algorithm: key.algorithm })) };
 }

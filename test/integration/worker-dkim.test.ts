@@ -11,21 +11,25 @@ import { startBeanstalkd, type BeanstalkdProcess } from '../helpers/beanstalkd.t
 import { freePort } from '../helpers/ports.ts';
 import { startSmtpSink, type SinkMessage, type SmtpSink } from '../helpers/smtp-sink.ts';
 import { startTier, type TierProcess } from '../helpers/tiers.ts';
-import { makeDkimKey, verifyWithDkimpy, verifyWithMailauth, type TestDkimKey } from '../helpers/worker-dkim.ts';
+import { makeDkimKey, makeEd25519DkimKey, verifyWithDkimpy, verifyWithMailauth, type TestDkimKey } from '../helpers/worker-dkim.ts';
 
 /**
- * Messages as the recipient's MX receives them carry a DKIM signature that two
- * independent verifiers accept: mailauth and Debian's python3-dkim. The deliverer is
- * driven directly for the message shapes; one job goes through a real worker process to
- * show the keys are loaded from its config.
+ * Messages as the recipient's MX receives them carry two DKIM signatures, rsa-sha256 and
+ * ed25519-sha256 (RFC 8463), and two independent verifiers accept each of them: mailauth and
+ * Debian's python3-dkim. The deliverer is driven directly for the message shapes; one job
+ * goes through a real worker process to show the keys are loaded from its config.
  */
 describe('DKIM signatures on delivered mail', { timeout: 90_000 }, () => {
   let sink: SmtpSink;
   let key: TestDkimKey;
+  let edKey: TestDkimKey;
+  let records: Record<string, string>;
 
   before(async () => {
     sink = await startSmtpSink();
     key = makeDkimKey('example.com', 'sel2026');
+    edKey = makeEd25519DkimKey('example.com', 'ed2026');
+    records = { ...key.records, ...edKey.records };
   });
 
   after(async () => {
@@ -34,14 +38,23 @@ describe('DKIM signatures on delivered mail', { timeout: 90_000 }, () => {
 
   async function deliverSigned(raw: Buffer, from = 'app@example.com'): Promise<SinkMessage> {
     const loaded = loadDkimPrivateKey(key.keyFile);
-    assert.ok(loaded.ok);
+    const loadedEd = loadDkimPrivateKey(edKey.keyFile);
+    assert.ok(loaded.ok && loadedEd.ok);
     const deliverer = createDeliverer({
       ehloName: 'out.example.com',
       timeouts: { connectMs: 3000, greetingMs: 3000, socketMs: 5000 },
       logger: pino({ level: 'silent' }),
       outgoing: {
         hostname: 'out.example.com',
-        dkim: new Map([['example.com', { domain: 'example.com', selector: key.selector, privateKey: loaded.key }]]),
+        dkim: new Map([
+          [
+            'example.com',
+            [
+              { domain: 'example.com', selector: key.selector, algorithm: 'rsa-sha256', privateKey: loaded.key },
+              { domain: 'example.com', selector: edKey.selector, algorithm: 'ed25519-sha256', privateKey: loadedEd.key },
+            ],
+          ],
+        ]),
         nullSenderDomain: 'example.com',
         received: true,
       },
@@ -63,10 +76,12 @@ describe('DKIM signatures on delivered mail', { timeout: 90_000 }, () => {
 
   async function assertBothVerify(received: Buffer, label: string): Promise<void> {
     assert.match(received.toString('latin1'), /^DKIM-Signature: v=1; a=rsa-sha256; c=relaxed\/relaxed; d=example\.com;\s+q=dns\/txt; s=sel2026;/, label);
-    const python = await verifyWithDkimpy(received, key.records);
-    assert.equal(python.pass, true, `${label}: python3-dkim: ${python.detail}`);
-    const node = await verifyWithMailauth(received, key.records);
-    assert.equal(node.pass, true, `${label}: mailauth: ${node.detail}`);
+    assert.match(received.toString('latin1'), /\r\nDKIM-Signature: v=1; a=ed25519-sha256; c=relaxed\/relaxed; d=example\.com;\s+q=dns\/txt; s=ed2026;/, label);
+    const both = [{ algorithm: 'rsa-sha256', pass: true }, { algorithm: 'ed25519-sha256', pass: true }];
+    const python = await verifyWithDkimpy(received, records);
+    assert.deepEqual(python.signatures, both, `${label}: python3-dkim: ${python.detail}`);
+    const node = await verifyWithMailauth(received, records);
+    assert.deepEqual(node.signatures, both, `${label}: mailauth: ${node.detail}`);
     assert.equal(node.domain, 'example.com');
   }
 
@@ -154,7 +169,12 @@ describe('DKIM signatures on delivered mail', { timeout: 90_000 }, () => {
         concurrency: 1,
         ehloName: 'out.example.com',
         routes: { 'dest.test': `127.0.0.1:${sink.port}` },
-        dkim: { 'example.com': { selector: key.selector, keyFile: key.keyFile } },
+        dkim: {
+          'example.com': [
+            { selector: key.selector, keyFile: key.keyFile },
+            { selector: edKey.selector, keyFile: edKey.keyFile },
+          ],
+        },
         ops: { host: '127.0.0.1', port: await freePort() },
       });
       const client = new BeanstalkClient({ host: '127.0.0.1', port: beanstalkd.port });
@@ -176,7 +196,7 @@ describe('DKIM signatures on delivered mail', { timeout: 90_000 }, () => {
       const [, got] = [await sink.waitForMessages(before + 1), sink.messages[before]!];
       await assertBothVerify(got.raw, 'worker process');
       const attempt = worker.logs.find((l) => l.event === 'attempt' && l.messageId === job.id);
-      assert.equal(attempt?.dkim, 'example.com/sel2026');
+      assert.equal(attempt?.dkim, 'example.com/sel2026,example.com/ed2026');
     });
   });
 });

@@ -42,6 +42,27 @@ describe('key-generator.ts', () => {
     assert.match(result.records.dmarc, /^_dmarc\.example\.com\. IN TXT "v=DMARC1; p=none;/);
   });
 
+  it('--dkim --algorithm ed25519 writes an Ed25519 key and prints its RFC 8463 record (the bare 32-byte key)', async () => {
+    const out = mkdtempSync(join(tmpdir(), 'hedwig-dkim-'));
+    const { stdout } = await run(process.execPath, [...tsx, '--dkim', 'example.com', '--selector', 'ed1', '--algorithm', 'ed25519', '--out', out, '--json'], { timeout: 30_000 });
+    const result = JSON.parse(stdout);
+    assert.equal(result.algorithm, 'ed25519');
+    assert.equal(statSync(result.keyFile).mode & 0o777, 0o600);
+    const privateKey = createPrivateKey(readFileSync(result.keyFile));
+    assert.equal(privateKey.asymmetricKeyType, 'ed25519');
+    const txt = (result.records.dkim as string).match(/"([^"]*)"/g)!.map((s) => s.slice(1, -1)).join('');
+    const match = /^v=DKIM1; k=ed25519; p=([A-Za-z0-9+/=]+)$/.exec(txt);
+    assert.ok(match, txt);
+    const raw = Buffer.from(match[1]!, 'base64');
+    assert.equal(raw.length, 32);
+    assert.deepEqual(raw, createPublicKey(privateKey).export({ format: 'der', type: 'spki' }).subarray(-32));
+    assert.match(result.worker, /- selector: ed1/);
+    await assert.rejects(
+      run(process.execPath, [...tsx, '--dkim', 'example.com', '--selector', 'x', '--algorithm', 'dsa', '--out', out], { timeout: 20_000 }),
+      (err: { code: number; stderr: string }) => err.code === 64 && /--algorithm/.test(err.stderr),
+    );
+  });
+
   it('exits 64 with usage on bad arguments', async () => {
     await assert.rejects(run(process.execPath, [...tsx, '--fqdn', 'not a host'], { timeout: 20_000 }), (err: { code: number; stderr: string }) => err.code === 64 && /--fqdn/.test(err.stderr));
     await assert.rejects(run(process.execPath, [...tsx], { timeout: 20_000 }), (err: { code: number; stderr: string }) => err.code === 64 && /usage/.test(err.stderr));

@@ -6,14 +6,17 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { ConfigError } from '../../shared/config.ts';
 import { loadWorkerConfig } from '../../worker/config.ts';
-import { keyFor, loadDkimPrivateKey, signMessage } from '../../worker/dkim.ts';
+import { keysFor, loadDkimPrivateKey, signMessage, type DkimKey } from '../../worker/dkim.ts';
 import { prepareMessage, type OutgoingSettings } from '../../worker/outgoing.ts';
-import { makeDkimKey, verifyWithMailauth } from '../helpers/worker-dkim.ts';
+import { makeDkimKey, makeEd25519DkimKey, verifyWithMailauth } from '../helpers/worker-dkim.ts';
 
 /** DKIM keys are checked once at start-up; signing never silently sends a message unsigned. */
 describe('DKIM keys and signing', () => {
   const dir = mkdtempSync(join(tmpdir(), 'hedwig-dkim-unit-'));
   const good = makeDkimKey('example.com', 's1', 2048, dir);
+  const ed = makeEd25519DkimKey('example.com', 'ed1', dir);
+  const rsaKey = (): DkimKey => ({ domain: 'example.com', selector: 's1', algorithm: 'rsa-sha256', privateKey: loadKey(good.keyFile) });
+  const edKey = (): DkimKey => ({ domain: 'example.com', selector: 'ed1', algorithm: 'ed25519-sha256', privateKey: loadKey(ed.keyFile) });
 
   function writeKey(name: string, content: string | Buffer): string {
     const file = join(dir, name);
@@ -21,14 +24,17 @@ describe('DKIM keys and signing', () => {
     return file;
   }
 
-  it('accepts an RSA key and refuses missing, broken, non-RSA and too short keys with a reason', () => {
-    assert.equal(loadDkimPrivateKey(good.keyFile).ok, true);
-    const ed = generateKeyPairSync('ed25519').privateKey.export({ type: 'pkcs8', format: 'pem' });
+  it('accepts RSA and Ed25519 keys and refuses missing, broken, other and too short keys with a reason', () => {
+    const rsa = loadDkimPrivateKey(good.keyFile);
+    assert.ok(rsa.ok && rsa.algorithm === 'rsa-sha256');
+    const ed25519 = loadDkimPrivateKey(ed.keyFile);
+    assert.ok(ed25519.ok && ed25519.algorithm === 'ed25519-sha256');
+    const ec = generateKeyPairSync('ec', { namedCurve: 'P-256' }).privateKey.export({ type: 'pkcs8', format: 'pem' });
     const short = generateKeyPairSync('rsa', { modulusLength: 768 }).privateKey.export({ type: 'pkcs8', format: 'pem' });
     const cases: Array<[string, RegExp]> = [
       [join(dir, 'absent.key'), /cannot read .*ENOENT/],
       [writeKey('garbage.key', '-----BEGIN PRIVATE KEY-----\nnot base64\n-----END PRIVATE KEY-----\n'), /is not a private key/],
-      [writeKey('ed25519.key', ed), /is a ed25519 key; DKIM signing here needs an RSA key/],
+      [writeKey('ec.key', ec), /is a ec key; DKIM signing here needs an RSA \(rsa-sha256\) or Ed25519/],
       [writeKey('short.key', short), /is a 768-bit RSA key; at least 1024/],
     ];
     for (const [file, reason] of cases) {
@@ -39,29 +45,41 @@ describe('DKIM keys and signing', () => {
   });
 
   it('stops start-up (a config error naming the key) when a configured key is unusable', () => {
-    const ed = writeKey('ed.key', generateKeyPairSync('ed25519').privateKey.export({ type: 'pkcs8', format: 'pem' }));
+    const ec = writeKey('ec-config.key', generateKeyPairSync('ec', { namedCurve: 'P-256' }).privateKey.export({ type: 'pkcs8', format: 'pem' }));
     const config = join(dir, 'worker.yaml');
-    writeFileSync(config, `dkim:\n  Example.COM:\n    selector: s1\n    keyFile: ${good.keyFile}\n  example.org:\n    selector: s1\n    keyFile: ${ed}\n`);
+    writeFileSync(config, `dkim:\n  Example.COM:\n    selector: s1\n    keyFile: ${good.keyFile}\n  example.org:\n    selector: s1\n    keyFile: ${ec}\n`);
     assert.throws(
       () => loadWorkerConfig(config, {}),
       (err: unknown) => err instanceof ConfigError && err.key === 'dkim.example.org.keyFile' && /RSA/.test(err.message),
     );
     writeFileSync(config, `dkim:\n  Example.COM:\n    selector: s1\n    keyFile: ${good.keyFile}\n`);
     const loaded = loadWorkerConfig(config, {});
-    assert.equal(loaded.dkim.get('example.com')?.selector, 's1');
-    assert.equal(loaded.dkim.get('example.com')?.privateKey.asymmetricKeyType, 'rsa');
+    assert.equal(loaded.dkim.get('example.com')?.[0]?.selector, 's1');
+    assert.equal(loaded.dkim.get('example.com')?.[0]?.privateKey.asymmetricKeyType, 'rsa');
+  });
+
+  it('takes an RSA and an Ed25519 key for one domain as a list, and refuses two keys of one algorithm', () => {
+    const config = join(dir, 'worker-both.yaml');
+    writeFileSync(config, `dkim:\n  example.com:\n    - selector: s1\n      keyFile: ${good.keyFile}\n    - selector: ed1\n      keyFile: ${ed.keyFile}\n`);
+    const loaded = loadWorkerConfig(config, {});
+    assert.deepEqual(loaded.dkim.get('example.com')?.map((k) => `${k.selector}:${k.algorithm}`), ['s1:rsa-sha256', 'ed1:ed25519-sha256']);
+    writeFileSync(config, `dkim:\n  example.com:\n    - selector: s1\n      keyFile: ${good.keyFile}\n    - selector: s2\n      keyFile: ${good.keyFile}\n`);
+    assert.throws(
+      () => loadWorkerConfig(config, {}),
+      (err: unknown) => err instanceof ConfigError && err.key === 'dkim.example.com.1.keyFile' && /a second rsa-sha256 key/.test(err.message),
+    );
   });
 
   it('finds the key of the sender domain or of its closest configured parent', () => {
-    const keys = new Map([['example.com', { domain: 'example.com', selector: 's1', privateKey: loadKey(good.keyFile) }]]);
-    assert.equal(keyFor(keys, 'example.com')?.domain, 'example.com');
-    assert.equal(keyFor(keys, 'News.Example.com')?.domain, 'example.com');
-    assert.equal(keyFor(keys, 'example.org'), undefined);
-    assert.equal(keyFor(keys, 'notexample.com'), undefined);
+    const keys = new Map([['example.com', [rsaKey()]]]);
+    assert.equal(keysFor(keys, 'example.com')[0]?.domain, 'example.com');
+    assert.equal(keysFor(keys, 'News.Example.com')[0]?.domain, 'example.com');
+    assert.deepEqual(keysFor(keys, 'example.org'), []);
+    assert.deepEqual(keysFor(keys, 'notexample.com'), []);
   });
 
   it('signs relaxed/relaxed rsa-sha256 over the listed fields, List-Unsubscribe-Post included', async () => {
-    const key = { domain: 'example.com', selector: 's1', privateKey: loadKey(good.keyFile) };
+    const key = rsaKey();
     const raw = Buffer.from(
       'From: a@example.com\r\nTo: b@example.org\r\nSubject: hi\r\nDate: Thu, 1 Jan 2025 00:00:00 +0000\r\nMessage-ID: <m@example.com>\r\n' +
         'List-Unsubscribe: <https://example.com/u/1>\r\nList-Unsubscribe-Post: List-Unsubscribe=One-Click\r\nX-Mailer: unsigned\r\nReceived: from x by y; date\r\n\r\nhello\r\n',
@@ -78,7 +96,7 @@ describe('DKIM keys and signing', () => {
   it('signs the envelope sender domain, never the From: header domain; null-sender mail only with the notices domain', async () => {
     const settings: OutgoingSettings = {
       hostname: 'out.example.com',
-      dkim: new Map([['example.com', { domain: 'example.com', selector: 's1', privateKey: loadKey(good.keyFile) }]]),
+      dkim: new Map([['example.com', [rsaKey()]]]),
       nullSenderDomain: 'example.com',
       received: false,
     };
@@ -87,9 +105,9 @@ describe('DKIM keys and signing', () => {
     const forged = await prepareMessage({ ...base, from: 'someone@other.test' }, settings);
     assert.ok(forged.ok && forged.signedBy === undefined && !forged.raw.toString().includes('DKIM-Signature'));
     const own = await prepareMessage({ ...base, from: 'app@mail.example.com' }, settings);
-    assert.deepEqual(own.ok && own.signedBy, { domain: 'example.com', selector: 's1' });
+    assert.deepEqual(own.ok && own.signedBy, [{ domain: 'example.com', selector: 's1', algorithm: 'rsa-sha256' }]);
     const notice = await prepareMessage({ ...base, from: '' }, settings);
-    assert.deepEqual(notice.ok && notice.signedBy, { domain: 'example.com', selector: 's1' });
+    assert.deepEqual(notice.ok && notice.signedBy, [{ domain: 'example.com', selector: 's1', algorithm: 'rsa-sha256' }]);
     const noNoticeDomain = await prepareMessage({ ...base, from: '' }, { ...settings, nullSenderDomain: undefined });
     assert.ok(noNoticeDomain.ok && noNoticeDomain.signedBy === undefined);
   });
@@ -97,9 +115,32 @@ describe('DKIM keys and signing', () => {
   it('reports a failure instead of sending unsigned when nodemailer produces no signature', async () => {
     // A public key cannot sign: nodemailer then quietly leaves the signature out.
     const publicOnly = generateKeyPairSync('rsa', { modulusLength: 1024 }).publicKey;
-    const result = await signMessage(Buffer.from('Subject: x\r\n\r\nx\r\n'), { domain: 'example.com', selector: 's1', privateKey: publicOnly });
+    const result = await signMessage(Buffer.from('Subject: x\r\n\r\nx\r\n'), { domain: 'example.com', selector: 's1', algorithm: 'rsa-sha256', privateKey: publicOnly });
     assert.equal(result.ok, false);
     if (!result.ok) assert.match(result.message, /produced no signature/);
+    // Nor with one of two signatures: a public Ed25519 key fails the whole message.
+    const edPublic = generateKeyPairSync('ed25519').publicKey;
+    const both = await signMessage(Buffer.from('Subject: x\r\n\r\nx\r\n'), [rsaKey(), { ...edKey(), privateKey: edPublic }]);
+    assert.equal(both.ok, false);
+    if (!both.ok) assert.match(both.message, /ed25519-sha256.*failed/);
+  });
+
+  it('signs ed25519-sha256 (RFC 8463) next to rsa-sha256; mailauth verifies both (dkimpy too: integration test)', async () => {
+    const records = { ...good.records, ...ed.records };
+    const raw = Buffer.from(
+      'From: a@example.com\r\nTo: b@example.org\r\nSubject: two  signatures\t \r\nDate: Thu, 1 Jan 2025 00:00:00 +0000\r\nMessage-ID: <m2@example.com>\r\n\r\nhello  \r\n\r\n\r\n',
+    );
+    const signed = await signMessage(raw, [rsaKey(), edKey()]);
+    assert.ok(signed.ok);
+    const header = signed.raw.toString('latin1').split('\r\n\r\n')[0]!;
+    assert.match(header, /^DKIM-Signature: v=1; a=rsa-sha256; [^]*\r\nDKIM-Signature: v=1; a=ed25519-sha256; c=relaxed\/relaxed; d=example\.com;/);
+    const verdict = await verifyWithMailauth(signed.raw, records);
+    assert.deepEqual(verdict.signatures, [{ algorithm: 'rsa-sha256', pass: true }, { algorithm: 'ed25519-sha256', pass: true }], verdict.detail);
+    // The Ed25519 signature alone (RSA key absent from DNS) still verifies; a changed body fails it.
+    const onlyEd = await verifyWithMailauth(signed.raw, ed.records);
+    assert.deepEqual(onlyEd.signatures?.map((s) => s.pass), [false, true]);
+    const tampered = Buffer.from(signed.raw.toString('latin1').replace('hello', 'jello'), 'latin1');
+    assert.deepEqual((await verifyWithMailauth(tampered, records)).signatures?.map((s) => s.pass), [false, false]);
   });
 });
 
