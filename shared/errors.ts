@@ -34,6 +34,8 @@ export const ERROR_CODES = {
 
   // worker.
   DKIM_SIGN_FAILED: 'a message that should be signed came out of the signer without a DKIM-Signature',
+  DNS_TIMEOUT: 'a DNS query the worker sends itself (DANE: TLSA and DNSSEC status) got no answer in time',
+  DNS_ERROR: 'such a DNS query failed otherwise (unreachable server, unreadable answer)',
 
   // The hedwig CLI (cli/args.ts CliError; each also has an exit code).
   USAGE: 'wrong command line',
