@@ -10,7 +10,7 @@ import type { PostofficeConfig } from './config.ts';
 import { IdempotencyStore } from './idempotency.ts';
 import { createPostofficeMetrics, type PostofficeMetrics } from './metrics.ts';
 import type { JobQueue, QueuedJob } from './queue.ts';
-import { errorBody, ok, rejection, type Outcome, type Rejection } from './rejection.ts';
+import { errorBody, ok, rejection, type OrRejection, type Rejection } from './rejection.ts';
 import { ReplayGuard } from './replay-guard.ts';
 import { createSubmissionParser, senderAllowed, submissionFingerprint, type Submission } from './submission.ts';
 
@@ -67,7 +67,7 @@ function rejectionForFastifyError(err: FastifyError, maxMessageBytes: number): R
   }
 }
 
-function parseJson(text: string, field?: string): Outcome<unknown> {
+function parseJson(text: string, field?: string): OrRejection<unknown> {
   try {
     return ok(JSON.parse(text) as unknown);
   } catch {
@@ -113,7 +113,7 @@ export function buildApp(config: PostofficeConfig, deps: PostofficeDeps): Fastif
     return reply.code(r.status).send(errorBody(r));
   }
 
-  async function enqueue(route: Route, client: AuthenticatedClient, submission: Submission): Promise<Outcome<string>> {
+  async function enqueue(route: Route, client: AuthenticatedClient, submission: Submission): Promise<OrRejection<string>> {
     const job: OutboundJob = {
       v: 1,
       id: newMessageId(),
@@ -148,7 +148,7 @@ export function buildApp(config: PostofficeConfig, deps: PostofficeDeps): Fastif
   }
 
   /** Validation, policy, idempotency and the put: shared by both routes. */
-  async function accept(route: Route, client: AuthenticatedClient, body: unknown, idempotencyKey: string | undefined): Promise<Outcome<string>> {
+  async function accept(route: Route, client: AuthenticatedClient, body: unknown, idempotencyKey: string | undefined): Promise<OrRejection<string>> {
     const parsed = parseSubmission(body);
     if (!parsed.ok) return parsed;
     const submission = parsed.value;
@@ -227,7 +227,7 @@ export function buildApp(config: PostofficeConfig, deps: PostofficeDeps): Fastif
     if (replayGuarded && !replayGuard.claim(caller.signature, (caller.timestamp + windowSeconds) * 1000, nowMs)) {
       return reject(request, reply, 'v1', { status: 401, code: 'replayed', message: 'this exact request was already received' }, caller.fqdn);
     }
-    let outcome: Outcome<string> | undefined;
+    let outcome: OrRejection<string> | undefined;
     try {
       const json = parseJson(raw.toString('utf8'));
       outcome = json.ok ? await accept('v1', caller, json.value, caller.idempotencyKey) : json;

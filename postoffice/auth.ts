@@ -1,7 +1,51 @@
 import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
+import { z } from 'zod';
+import { isValidDomain } from '../shared/address.ts';
+import { resolveSecret } from '../shared/config.ts';
 import { HEADER, verifySignature } from '../shared/signing.ts';
-import type { ClientPolicy } from './config.ts';
-import { ok, rejection, type Outcome } from './rejection.ts';
+import { ok, rejection, type OrRejection } from './rejection.ts';
+
+export const MIN_KEY_LENGTH = 32;
+
+const senderDomain = z
+  .string()
+  .transform((value) => value.toLowerCase())
+  .refine((value) => value === '*' || isValidDomain(value), { message: "expected a domain or '*'" });
+
+/**
+ * A client host allowed to submit mail: its key and what it may send. The key is resolved
+ * here (inline or from a file, e.g. a Docker secret) so the rest of the post office only
+ * ever sees `key`.
+ */
+const clientSchema = z
+  .object({
+    key: z.string().optional(),
+    keyFile: z.string().optional(),
+    senderDomains: z.array(senderDomain).min(1),
+  })
+  .strict()
+  .transform((client, ctx) => {
+    const key = resolveSecret({ inline: client.key, file: client.keyFile }, 'key', ctx, { minLength: MIN_KEY_LENGTH });
+    if (key === undefined) return z.NEVER;
+    return { key, senderDomains: client.senderDomains };
+  });
+
+/** `clients:` of the post office config, keyed by lower-cased fqdn. */
+export const clientsConfigSchema = z
+  .record(z.string().min(1), clientSchema)
+  .default({})
+  .transform((clients, ctx) => {
+    // FQDNs are case-insensitive; requests are matched on the lower-cased name.
+    const byName: Record<string, z.infer<typeof clientSchema>> = {};
+    for (const [fqdn, client] of Object.entries(clients)) {
+      const name = fqdn.toLowerCase();
+      if (byName[name]) ctx.addIssue({ code: 'custom', message: `duplicate client ${name}`, path: [fqdn] });
+      byName[name] = client;
+    }
+    return byName;
+  });
+
+export type ClientPolicy = z.infer<typeof clientSchema>;
 
 export interface AuthenticatedClient {
   fqdn: string;
@@ -34,7 +78,7 @@ export function authenticateSignedRequest(
   clients: Readonly<Record<string, ClientPolicy>>,
   request: { method: string; url: string; headers: Headers; body: Buffer },
   options: { nowMs: number; windowSeconds: number },
-): Outcome<SignedCaller> {
+): OrRejection<SignedCaller> {
   const sentFqdn = header(request.headers, HEADER.fqdn);
   const signature = header(request.headers, HEADER.signature);
   const timestamp = header(request.headers, HEADER.timestamp);
@@ -67,7 +111,7 @@ export function authenticateLegacyCredentials(
   clients: Readonly<Record<string, ClientPolicy>>,
   fqdn: string | undefined,
   key: string | undefined,
-): Outcome<AuthenticatedClient> {
+): OrRejection<AuthenticatedClient> {
   const name = (fqdn ?? '').toLowerCase();
   const policy = name && Object.hasOwn(clients, name) ? clients[name] : undefined;
   const matches = timingSafeEqual(digest(key ?? ''), digest(policy?.key ?? DECOY_KEY));

@@ -1,33 +1,10 @@
 import { z } from 'zod';
-import { hostPortSchema, loadConfig, resolveSecret } from '../shared/config.ts';
-import { isValidDomain } from '../shared/address.ts';
+import { hostPortSchema, loadConfig } from '../shared/config.ts';
 import { JOB_TTR_SECONDS, TUBE } from '../shared/job.ts';
+import { clientsConfigSchema } from './auth.ts';
 import { statusConfigSchema } from './status.ts';
 
-export const MIN_KEY_LENGTH = 32;
 const DEFAULT_BEANSTALK_PORT = 11300;
-
-const senderDomain = z
-  .string()
-  .transform((value) => value.toLowerCase())
-  .refine((value) => value === '*' || isValidDomain(value), { message: "expected a domain or '*'" });
-
-/**
- * A client host allowed to submit mail. The key is resolved here (inline or from a file,
- * e.g. a Docker secret) so the rest of the post office only ever sees `key`.
- */
-const clientSchema = z
-  .object({
-    key: z.string().optional(),
-    keyFile: z.string().optional(),
-    senderDomains: z.array(senderDomain).min(1),
-  })
-  .strict()
-  .transform((client, ctx) => {
-    const key = resolveSecret({ inline: client.key, file: client.keyFile }, 'key', ctx, { minLength: MIN_KEY_LENGTH });
-    if (key === undefined) return z.NEVER;
-    return { key, senderDomains: client.senderDomains };
-  });
 
 export const postofficeConfigSchema = z
   .object({
@@ -64,19 +41,8 @@ export const postofficeConfigSchema = z
       })
       .strict()
       .prefault({}),
-    clients: z
-      .record(z.string().min(1), clientSchema)
-      .default({})
-      .transform((clients, ctx) => {
-        // FQDNs are case-insensitive; requests are matched on the lower-cased name.
-        const byName: Record<string, z.infer<typeof clientSchema>> = {};
-        for (const [fqdn, client] of Object.entries(clients)) {
-          const name = fqdn.toLowerCase();
-          if (byName[name]) ctx.addIssue({ code: 'custom', message: `duplicate client ${name}`, path: [fqdn] });
-          byName[name] = client;
-        }
-        return byName;
-      }),
+    /** The enrolled hosts and what each may do (postoffice/auth.ts). */
+    clients: clientsConfigSchema,
     tls: z
       .object({ cert: z.string().min(1), key: z.string().min(1) })
       .strict()
@@ -88,7 +54,6 @@ export const postofficeConfigSchema = z
   .strict();
 
 export type PostofficeConfig = z.infer<typeof postofficeConfigSchema>;
-export type ClientPolicy = PostofficeConfig['clients'][string];
 
 export function loadPostofficeConfig(file: string | undefined, env: NodeJS.ProcessEnv = process.env): PostofficeConfig {
   return loadConfig(postofficeConfigSchema, { file, envPrefix: 'POSTOFFICE', env });

@@ -9,7 +9,8 @@ export interface Rejection {
   field?: string;
 }
 
-export type Outcome<T> = { ok: true; value: T } | { ok: false; rejection: Rejection };
+/** What a check of a request gives: the checked value, or the rejection to answer with. */
+export type OrRejection<T> = { ok: true; value: T } | { ok: false; rejection: Rejection };
 
 export function rejection(status: number, code: string, message: string, field?: string): { ok: false; rejection: Rejection } {
   return { ok: false, rejection: field === undefined ? { status, code, message } : { status, code, message, field } };

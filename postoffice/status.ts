@@ -5,8 +5,7 @@ import { errorCode } from '../shared/errors.ts';
 import type { OutboundJob } from '../shared/job.ts';
 import type { Logger } from '../shared/logger.ts';
 import { decodeStatusUpdate, STATUS_TUBE, type RecipientStatus, type StatusUpdate } from '../shared/message-status.ts';
-import { authenticateSignedRequest } from './auth.ts';
-import type { ClientPolicy } from './config.ts';
+import { authenticateSignedRequest, type ClientPolicy } from './auth.ts';
 import { errorBody, type Rejection } from './rejection.ts';
 import { runReserveLoop } from '../shared/reserve-loop.ts';
 

@@ -2,7 +2,7 @@ import { createHash } from 'node:crypto';
 import { z } from 'zod';
 import { domainOf } from '../shared/address.ts';
 import { mailbox, reversePath } from '../shared/job.ts';
-import { ok, rejection, type Outcome } from './rejection.ts';
+import { ok, rejection, type OrRejection } from './rejection.ts';
 
 /** A message as submitted, validated, with its raw bytes decoded. */
 export interface Submission {
@@ -53,7 +53,7 @@ function fieldOf(issue: z.core.$ZodIssue): string {
  * Validates an already JSON-parsed body `{mailfrom, rcpttos, data | data_base64}` and
  * checks the size of the decoded message before decoding it.
  */
-export function createSubmissionParser(limits: SubmissionLimits): (body: unknown) => Outcome<Submission> {
+export function createSubmissionParser(limits: SubmissionLimits): (body: unknown) => OrRejection<Submission> {
   const schema = submissionSchema(limits);
   return (body) => {
     const result = schema.safeParse(body);
