@@ -123,6 +123,8 @@ export function buildApp(config: PostofficeConfig, deps: PostofficeDeps): Fastif
       data: submission.data.toString('base64'),
       receivedAt: now(),
       attempts: 0,
+      // The worker signs within what this host may use (shared/job.ts).
+      senderDomains: client.policy.senderDomains,
     };
     try {
       const queued = await queue.put(encodeJob(job));

@@ -34,6 +34,19 @@ export const outboundJobSchema = z.object({
   lastAttemptAt: z.number().int().optional(),
   /** When the worker sent the sender a delay warning (one per message); older than receivedAt means a requeue, warn again. */
   delayWarnedAt: z.number().int().optional(),
+  /**
+   * The sender domains the submitting host may use, as the post office's config listed them
+   * when it queued the message ('*' = any). The worker's DKIM signing stays within them: a
+   * parent domain's key, or a signature on null-sender mail, only for a domain listed here.
+   * Absent in jobs queued before the field existed: then neither (see domainAllowed).
+   */
+  senderDomains: z.array(z.string()).optional(),
+  /**
+   * Set by the worker on the notices it writes itself (bounces, delay warnings), and only
+   * there: the post office builds every job from checked fields and never sets it. Only a
+   * notice is signed for the domain of the notices' From.
+   */
+  notice: z.literal(true).optional(),
 });
 export type OutboundJob = z.infer<typeof outboundJobSchema>;
 
@@ -58,6 +71,14 @@ export const failedJobSchema = z.object({
   failedAt: z.number().int(),
 });
 export type FailedJob = z.infer<typeof failedJobSchema>;
+
+/**
+ * Whether a host whose config lists `senderDomains` may use `domain` (lower case): listed
+ * exactly, or '*'. Subdomains are not implied, parents neither. No list, no domain.
+ */
+export function domainAllowed(domain: string, senderDomains: readonly string[] | undefined): boolean {
+  return senderDomains !== undefined && (senderDomains.includes('*') || senderDomains.includes(domain));
+}
 
 export function encodeJob(job: OutboundJob | FailedJob): Buffer {
   return Buffer.from(JSON.stringify(job));

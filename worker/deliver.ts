@@ -43,6 +43,9 @@ export interface DeliveryRequest {
   receivedAt?: number;
   /** The submitting host, for the optional Received field. */
   submittedBy?: string;
+  /** What may be signed for it (OutgoingMessage.notice, .senderDomains). */
+  notice?: boolean;
+  senderDomains?: readonly string[];
 }
 
 export interface DelivererOptions {
@@ -292,7 +295,7 @@ export function createDeliverer(options: DelivererOptions): Deliverer {
     async deliver(request: DeliveryRequest): Promise<RecipientResult[]> {
       const log = options.logger.child({ messageId: request.messageId, domain: request.domain });
       const prepared = await prepareMessage(
-        { messageId: request.messageId, from: request.from, raw: request.raw, receivedAt: request.receivedAt ?? now(), submittedBy: request.submittedBy, now: now() },
+        { messageId: request.messageId, from: request.from, raw: request.raw, receivedAt: request.receivedAt ?? now(), submittedBy: request.submittedBy, now: now(), notice: request.notice, senderDomains: request.senderDomains },
         outgoing,
       );
       if (!prepared.ok) {

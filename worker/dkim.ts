@@ -71,12 +71,16 @@ export function loadDkimPrivateKey(file: string): KeyCheck {
   return { ok: true, key, algorithm: 'rsa-sha256' };
 }
 
-/** The configured keys for `domain`, else for its closest parent domain (d= may be a parent of the sender's domain). */
-export function keysFor(keys: DkimKeys, domain: string): readonly DkimKey[] {
+/**
+ * The configured keys for `domain`, else for its closest parent domain (d= may be a parent
+ * of the sender's domain) that `mayUseParent` allows.
+ */
+export function keysFor(keys: DkimKeys, domain: string, mayUseParent: (parent: string) => boolean = () => true): readonly DkimKey[] {
   const labels = domain.toLowerCase().split('.');
   for (let i = 0; i < labels.length; i++) {
-    const found = keys.get(labels.slice(i).join('.'));
-    if (found && found.length > 0) return found;
+    const name = labels.slice(i).join('.');
+    const found = keys.get(name);
+    if (found && found.length > 0 && (i === 0 || mayUseParent(name))) return found;
   }
   return [];
 }

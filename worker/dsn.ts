@@ -236,6 +236,8 @@ function noticeJob(original: OutboundJob, message: Buffer, settings: NoticeSetti
     data: message.toString('base64'),
     receivedAt: now,
     attempts: 0,
+    // Marks the worker's own notice: only these are signed for the notices' domain.
+    notice: true,
   };
 }
 

@@ -1,6 +1,8 @@
 import { domainOf } from '../shared/address.ts';
+import { comparableDomain, fieldAddresses } from '../shared/header-addresses.ts';
+import { domainAllowed } from '../shared/job.ts';
 import { keysFor, signMessage, type DkimKey, type DkimKeys } from './dkim.ts';
-import { editHeaders, normalizeLineEnds } from './headers.ts';
+import { editHeaders, normalizeLineEnds, splitMessage } from './headers.ts';
 
 /**
  * What the worker does to a message before it goes out: normalize line ends, edit the
@@ -13,10 +15,8 @@ export interface OutgoingSettings {
   hostname: string;
   dkim: DkimKeys;
   /**
-   * The domain that signs mail with the null reverse-path (the worker's own notices):
-   * the domain of the notices' From. Other mail is signed for its envelope sender's
-   * domain, which the post office has checked the submitting host may use, so no host
-   * can get a signature for another host's domain by writing its From: header.
+   * The domain that signs the worker's own notices (bounces, delay warnings): the domain
+   * of the notices' From. Nothing else is signed for it (see signingKeysFor).
    */
   nullSenderDomain?: string;
   /** Add a Received trace field. */
@@ -34,6 +34,10 @@ export interface OutgoingMessage {
   /** The submitting host's fqdn, for the Received trace field. */
   submittedBy?: string;
   now: number;
+  /** The worker's own notice (job.notice): signed for nullSenderDomain. */
+  notice?: boolean;
+  /** The domains the submitting host may use (job.senderDomains); absent for jobs from before the field. */
+  senderDomains?: readonly string[];
 }
 
 export type Prepared =
@@ -44,10 +48,28 @@ export function signingDomainOf(from: string, settings: Pick<OutgoingSettings, '
   return from === '' ? (settings.nullSenderDomain ?? settings.hostname) : domainOf(from);
 }
 
-/** The keys that sign mail from `from`: none, one, or an RSA and an Ed25519 key of the same domain. */
-export function signingKeysFor(from: string, settings: OutgoingSettings): readonly DkimKey[] {
-  if (from === '' && settings.nullSenderDomain === undefined) return [];
-  return keysFor(settings.dkim, signingDomainOf(from, settings));
+/** The domain of the one author of a message (its single From mailbox), if it has exactly one. */
+function authorDomain(raw: Buffer): string | undefined {
+  const from = fieldAddresses(splitMessage(raw).fields, 'from');
+  if (!from.ok || from.addresses.length !== 1 || !from.addresses[0]!.domain) return undefined;
+  return comparableDomain(from.addresses[0]!.domain);
+}
+
+/**
+ * The keys a message is signed with (none, one, or an RSA and an Ed25519 key of the same
+ * domain), within what the submitting host may use (issue 12: no enrolled host may get a
+ * signature for the operator's or another host's domain):
+ * - a notice of the worker's own: the notices' domain;
+ * - mail with an envelope sender: its domain (the post office checked that the host may
+ *   use it), or a parent domain's keys only when the host may use the parent too;
+ * - a client's null-sender mail: its From domain when the host may use it, else unsigned.
+ */
+export function signingKeysFor(message: Pick<OutgoingMessage, 'from' | 'raw' | 'notice' | 'senderDomains'>, settings: OutgoingSettings): readonly DkimKey[] {
+  if (message.notice) return settings.nullSenderDomain === undefined ? [] : keysFor(settings.dkim, settings.nullSenderDomain);
+  const mayUse = (domain: string) => domainAllowed(domain, message.senderDomains);
+  const domain = message.from === '' ? authorDomain(message.raw) : domainOf(message.from);
+  if (domain === undefined || (message.from === '' && !mayUse(domain))) return [];
+  return keysFor(settings.dkim, domain, mayUse);
 }
 
 export async function prepareMessage(message: OutgoingMessage, settings: OutgoingSettings): Promise<Prepared> {
@@ -57,7 +79,7 @@ export async function prepareMessage(message: OutgoingMessage, settings: Outgoin
     receivedAt: message.receivedAt,
     ...(settings.received ? { received: { submittedBy: message.submittedBy ?? 'unknown', by: settings.hostname, at: message.now } } : {}),
   });
-  const keys = signingKeysFor(message.from, settings);
+  const keys = signingKeysFor({ ...message, raw: edited }, settings);
   if (keys.length === 0) return { ok: true, raw: edited };
   const signed = await signMessage(edited, keys);
   if (!signed.ok) return signed;

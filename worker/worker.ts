@@ -80,6 +80,8 @@ export async function attemptDelivery(job: OutboundJob, raw: Buffer, deps: Worke
           hosts: destination.hosts,
           receivedAt: job.receivedAt,
           submittedBy: job.fqdn,
+          notice: job.notice,
+          senderDomains: job.senderDomains,
         });
       } catch (err) {
         // A bug or an unexpected library error: retry later rather than lose the recipients.

@@ -36,7 +36,7 @@ describe('DKIM signatures on delivered mail', { timeout: 90_000 }, () => {
     await sink?.stop();
   });
 
-  async function deliverSigned(raw: Buffer, from = 'app@example.com'): Promise<SinkMessage> {
+  async function deliverSigned(raw: Buffer, from = 'app@example.com', authority: { notice?: boolean } = {}): Promise<SinkMessage> {
     const loaded = loadDkimPrivateKey(key.keyFile);
     const loadedEd = loadDkimPrivateKey(edKey.keyFile);
     assert.ok(loaded.ok && loadedEd.ok);
@@ -69,6 +69,7 @@ describe('DKIM signatures on delivered mail', { timeout: 90_000 }, () => {
       hosts: [{ name: '127.0.0.1', preference: 0, addresses: ['127.0.0.1'], port: sink.port }],
       receivedAt: Date.now(),
       submittedBy: 'app1.example.com',
+      ...authority,
     });
     assert.equal(results[0]?.outcome, 'delivered', JSON.stringify(results));
     return sink.messages[before]!;
@@ -148,7 +149,7 @@ describe('DKIM signatures on delivered mail', { timeout: 90_000 }, () => {
   });
 
   it('signs the worker own null-sender notices with the notices domain', async () => {
-    const got = await deliverSigned(Buffer.from('From: MAILER-DAEMON@example.com\r\nTo: app@dest.test\r\nSubject: Undelivered Mail\r\n\r\nbounce\r\n'), '');
+    const got = await deliverSigned(Buffer.from('From: MAILER-DAEMON@example.com\r\nTo: app@dest.test\r\nSubject: Undelivered Mail\r\n\r\nbounce\r\n'), '', { notice: true });
     assert.equal(got.mailFrom, '');
     await assertBothVerify(got.raw, 'null sender');
   });

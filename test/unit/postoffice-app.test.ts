@@ -109,6 +109,7 @@ describe('POST /v1/messages: accepted messages', () => {
       data: Buffer.from(MESSAGE).toString('base64'),
       receivedAt: s.clock.nowMs,
       attempts: 0,
+      senderDomains: ['example.com'],
     });
   });
 

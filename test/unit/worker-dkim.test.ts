@@ -93,23 +93,56 @@ describe('DKIM keys and signing', () => {
     assert.deepEqual(verdict.signedFields, ['from', 'subject', 'date', 'message-id', 'to', 'list-unsubscribe', 'list-unsubscribe-post']);
   });
 
-  it('signs the envelope sender domain, never the From: header domain; null-sender mail only with the notices domain', async () => {
+  describe('signing authority (issue 12.3, 12.4): only within what the submitting host may use', () => {
     const settings: OutgoingSettings = {
       hostname: 'out.example.com',
-      dkim: new Map([['example.com', [rsaKey()]]]),
+      dkim: new Map([
+        ['example.com', [rsaKey()]],
+        ['customer.test', [{ ...rsaKey(), domain: 'customer.test' }]],
+      ]),
       nullSenderDomain: 'example.com',
       received: false,
     };
-    const raw = Buffer.from('From: ceo@example.com\r\nSubject: x\r\n\r\nx\r\n');
-    const base = { messageId: 'id1', raw, receivedAt: 0, now: 0 };
-    const forged = await prepareMessage({ ...base, from: 'someone@other.test' }, settings);
-    assert.ok(forged.ok && forged.signedBy === undefined && !forged.raw.toString().includes('DKIM-Signature'));
-    const own = await prepareMessage({ ...base, from: 'app@mail.example.com' }, settings);
-    assert.deepEqual(own.ok && own.signedBy, [{ domain: 'example.com', selector: 's1', algorithm: 'rsa-sha256' }]);
-    const notice = await prepareMessage({ ...base, from: '' }, settings);
-    assert.deepEqual(notice.ok && notice.signedBy, [{ domain: 'example.com', selector: 's1', algorithm: 'rsa-sha256' }]);
-    const noNoticeDomain = await prepareMessage({ ...base, from: '' }, { ...settings, nullSenderDomain: undefined });
-    assert.ok(noNoticeDomain.ok && noNoticeDomain.signedBy === undefined);
+    const message = (from: string, header: string, extra: { notice?: boolean; senderDomains?: string[] } = {}) => ({
+      messageId: 'id1',
+      raw: Buffer.from(`From: ${header}\r\nSubject: x\r\n\r\nx\r\n`),
+      receivedAt: 0,
+      now: 0,
+      from,
+      ...extra,
+    });
+    const signedBy = async (m: ReturnType<typeof message>, with_ = settings) => {
+      const prepared = await prepareMessage(m, with_);
+      assert.ok(prepared.ok);
+      assert.equal(prepared.raw.toString().includes('DKIM-Signature'), prepared.signedBy !== undefined);
+      return prepared.signedBy?.map((s) => s.domain).join(',');
+    };
+
+    it('signs for the envelope sender, never for the From: header domain', async () => {
+      assert.equal(await signedBy(message('someone@other.test', 'ceo@example.com', { senderDomains: ['other.test'] })), undefined);
+      assert.equal(await signedBy(message('app@customer.test', 'ceo@example.com', { senderDomains: ['customer.test'] })), 'customer.test');
+      // Jobs queued before senderDomains existed: the envelope domain's own key still signs.
+      assert.equal(await signedBy(message('app@customer.test', 'app@customer.test')), 'customer.test');
+    });
+
+    it("signs with a parent domain's key only when the host may use the parent", async () => {
+      assert.equal(await signedBy(message('a@marketing.example.com', 'a@marketing.example.com', { senderDomains: ['marketing.example.com'] })), undefined);
+      assert.equal(await signedBy(message('a@marketing.example.com', 'a@marketing.example.com')), undefined, 'an old job: conservative');
+      assert.equal(await signedBy(message('a@marketing.example.com', 'a@marketing.example.com', { senderDomains: ['marketing.example.com', 'example.com'] })), 'example.com');
+      assert.equal(await signedBy(message('a@marketing.example.com', 'a@marketing.example.com', { senderDomains: ['*'] })), 'example.com');
+    });
+
+    it("signs a client's null-sender mail for its From domain only when the host may use it", async () => {
+      assert.equal(await signedBy(message('', 'security@example.com', { senderDomains: ['customer.test'] })), undefined);
+      assert.equal(await signedBy(message('', 'security@example.com')), undefined, 'an old job: conservative');
+      assert.equal(await signedBy(message('', 'Support <support@Customer.Test.>', { senderDomains: ['customer.test'] })), 'customer.test');
+      assert.equal(await signedBy(message('', 'a@customer.test, b@example.com', { senderDomains: ['customer.test'] })), undefined, 'two authors: no one domain');
+    });
+
+    it("signs the worker's own notices for the notices domain, and only those", async () => {
+      assert.equal(await signedBy(message('', 'MAILER-DAEMON@example.com', { notice: true })), 'example.com');
+      assert.equal(await signedBy(message('', 'MAILER-DAEMON@example.com', { notice: true }), { ...settings, nullSenderDomain: undefined }), undefined);
+    });
   });
 
   it('reports a failure instead of sending unsigned when nodemailer produces no signature', async () => {
