@@ -69,12 +69,15 @@ export async function startPostoffice(config: PostofficeConfig, options: { logge
   const { tube, ttrSeconds } = config.beanstalk;
 
   const clients = config.beanstalk.servers.map((address) => createClient(address, logger));
+  // Every job carries its host's senderDomains (shared/job.ts) on top of what jobSizeFor counts.
+  const longestDomainList = Math.max(0, ...Object.values(config.clients).map((client) => JSON.stringify(client.senderDomains).length));
+  const neededJobSize = jobSizeFor(config.limits.maxMessageBytes, config.limits.maxRecipients) + longestDomainList;
   await Promise.all(
     clients.map(async (client) => {
       try {
         await client.connect();
         await client.use(tube);
-        await warnIfJobSizeTooSmall(client, jobSizeFor(config.limits.maxMessageBytes, config.limits.maxRecipients), logger);
+        await warnIfJobSizeTooSmall(client, neededJobSize, logger);
       } catch (err) {
         logger.warn({ event: 'beanstalk_unavailable', server: client.server, error: errorMessage(err) }, 'beanstalkd not reachable yet; retrying in the background');
       }
