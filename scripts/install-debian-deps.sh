@@ -17,6 +17,13 @@ for pair in beanstalkd:beanstalkd msmtp:msmtp swaks:swaks dnsmasq:dnsmasq-base d
     missing+=("$pkg")
   fi
 done
+# PostgreSQL's server is not on PATH (/usr/lib/postgresql/<version>/bin); the store tests start
+# their own instance there, so the package's default cluster is not needed.
+if ! ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1; then
+  missing+=(postgresql)
+  mkdir -p /etc/postgresql-common
+  grep -qs '^create_main_cluster' /etc/postgresql-common/createcluster.conf || echo 'create_main_cluster = false' >> /etc/postgresql-common/createcluster.conf
+fi
 if [ ${#missing[@]} -eq 0 ]; then
   echo "install-debian-deps: all present"
   exit 0

@@ -30,6 +30,8 @@ export const statusUpdateSchema = z.object({
   v: z.literal(1),
   messageId: z.string().min(1),
   fqdn: z.string(),
+  /** The envelope sender, so a store that never saw the message queued can still list it. */
+  mailfrom: z.string().optional(),
   receivedAt: z.number().int(),
   /** Attempts made so far for the recipients still queued (or for the last ones, when done). */
   attempts: z.number().int().nonnegative(),
