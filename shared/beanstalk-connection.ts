@@ -173,9 +173,17 @@ export class Connection {
     const oldest = this.pending[0];
     if (!oldest || oldest.timer) return;
     oldest.timer = setTimeout(() => {
-      // Protocol state is unknown now (the reply may still come): the connection cannot be reused.
-      oldest.settle(new BeanstalkError('TIMEOUT', `beanstalkd did not answer ${oldest.command} within ${oldest.timeoutMs} ms`), []);
-      void this.drop(new BeanstalkError('TIMEOUT', `command ${oldest.command} timed out`));
+      // A process that was frozen (SIGSTOP, a long GC pause, a stalled VM) wakes up with this
+      // timer expired while the reply may already wait in the socket: the event loop runs
+      // expired timers before its poll phase reads sockets. Give the verdict in the check
+      // phase (setImmediate), after the poll phase had its chance to deliver the reply; a put
+      // that did land is then answered as landed, not as an ambiguous TIMEOUT.
+      setImmediate(() => {
+        if (!this.pending.includes(oldest)) return;
+        // Protocol state is unknown now (the reply may still come): the connection cannot be reused.
+        oldest.settle(new BeanstalkError('TIMEOUT', `beanstalkd did not answer ${oldest.command} within ${oldest.timeoutMs} ms`), []);
+        void this.drop(new BeanstalkError('TIMEOUT', `command ${oldest.command} timed out`));
+      });
     }, oldest.timeoutMs);
   }
 

@@ -199,6 +199,23 @@ describe('BeanstalkClient against a running beanstalkd', () => {
     assert.equal((await client.statsTube('listed'))['current-using'], 1);
     assert.ok((await client.listTubes()).includes('listed'));
   });
+
+  test('a put whose reply is already in the socket when a frozen process wakes up past its timer is answered, not timed out', TEST_TIMEOUT, async (t) => {
+    const client = await clientFor(t, server, { commandTimeoutMs: 200 });
+    await client.use('frozen');
+    const put = client.put(Buffer.from('landed'));
+    // Freeze the event loop (as SIGSTOP or a long GC pause would) for longer than the command
+    // timer; beanstalkd's reply arrives in the socket meanwhile. On waking, the expired timer
+    // runs before the socket is read.
+    const until = Date.now() + 600;
+    while (Date.now() < until) {
+      /* frozen */
+    }
+    const id = await put;
+    assert.equal((await client.peek(id))?.payload.toString(), 'landed');
+    assert.equal(client.connected, true, 'the connection stays usable');
+    assert.equal(Number((await client.statsTube('frozen'))['current-jobs-ready']), 1, 'one job, no second put');
+  });
 });
 
 describe('BeanstalkClient when beanstalkd goes away', () => {
