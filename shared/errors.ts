@@ -37,6 +37,9 @@ export const ERROR_CODES = {
   DNS_TIMEOUT: 'a DNS query the worker sends itself (DANE: TLSA and DNSSEC status) got no answer in time',
   DNS_ERROR: 'such a DNS query failed otherwise (unreachable server, unreadable answer)',
 
+  // The shared store (shared/store/).
+  STORE_UNAVAILABLE: 'the store (store.url: SQLite file or PostgreSQL) cannot be opened or did not answer in time; the relay goes on without it',
+
   // The hedwig CLI (cli/args.ts CliError; each also has an exit code).
   USAGE: 'wrong command line',
   UNREACHABLE: 'beanstalkd or the post office cannot be reached',
