@@ -8,6 +8,7 @@ import type { Logger } from '../shared/logger.ts';
 import { authenticateLegacyCredentials, authenticateSignedRequest, type AuthenticatedClient } from './auth.ts';
 import type { PostofficeConfig } from './config.ts';
 import { IdempotencyStore } from './idempotency.ts';
+import { parseJsonBody } from './json-body.ts';
 import { createPostofficeMetrics, type PostofficeMetrics } from './metrics.ts';
 import type { JobQueue, QueuedJob } from './queue.ts';
 import { errorBody, ok, rejection, type OrRejection, type Rejection } from './rejection.ts';
@@ -64,14 +65,6 @@ function rejectionForFastifyError(err: FastifyError, maxMessageBytes: number): R
         return { status: err.statusCode, code: 'bad_request', message: 'malformed request' };
       }
       return { status: 500, code: 'internal_error', message: 'internal error' };
-  }
-}
-
-function parseJson(text: string, field?: string): OrRejection<unknown> {
-  try {
-    return ok(JSON.parse(text) as unknown);
-  } catch {
-    return rejection(400, 'invalid_json', field ? `${field} is not valid JSON` : 'body is not valid JSON', field);
   }
 }
 
@@ -231,7 +224,7 @@ export function buildApp(config: PostofficeConfig, deps: PostofficeDeps): Fastif
     }
     let outcome: OrRejection<string> | undefined;
     try {
-      const json = parseJson(raw.toString('utf8'));
+      const json = parseJsonBody(raw);
       outcome = json.ok ? await accept('v1', caller, json.value, caller.idempotencyKey) : json;
     } finally {
       // Only an accepted request stays "seen": the client may resend a failed one as is.
@@ -258,7 +251,7 @@ export function buildApp(config: PostofficeConfig, deps: PostofficeDeps): Fastif
         if (email === undefined) {
           return reject(request, reply, 'legacy', { status: 400, code: 'invalid_request', message: 'email is required', field: 'email' }, auth.value.fqdn);
         }
-        const json = parseJson(email, 'email');
+        const json = parseJsonBody(Buffer.from(email, 'utf8'), 'email');
         const outcome = json.ok ? await accept('legacy', auth.value, json.value, undefined) : json;
         if (!outcome.ok) return reject(request, reply, 'legacy', outcome.rejection, auth.value.fqdn);
         return reply.code(200).send({ id: outcome.value });

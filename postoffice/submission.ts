@@ -1,7 +1,7 @@
 import { createHash } from 'node:crypto';
 import { z } from 'zod';
-import { domainOf } from '../shared/address.ts';
-import { mailbox, reversePath } from '../shared/job.ts';
+import { domainOf, hasAddressLiteral, isValidMailbox } from '../shared/address.ts';
+import { domainAllowed } from '../shared/job.ts';
 import { ok, rejection, type OrRejection } from './rejection.ts';
 
 /** A message as submitted, validated, with its raw bytes decoded. */
@@ -16,14 +16,34 @@ export interface SubmissionLimits {
   maxRecipients: number;
 }
 
-// Standard base64 without line breaks: Buffer.from(..., 'base64') would silently skip
-// invalid characters, and a message must never be altered in transit.
-const BASE64 = /^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$/;
+/**
+ * Standard base64 without line breaks, strictly: Buffer.from(..., 'base64') silently skips
+ * invalid characters and accepts base64url, and a message must never be altered in
+ * transit, so the decoded bytes must encode back to exactly the text. A round trip is
+ * linear; a regular expression with a quantified group made V8 throw "Maximum call stack
+ * size exceeded" from about 3.5 MiB of message on (issue 12.1, DESIGN.md).
+ */
+function decodeStrictBase64(text: string): Buffer | undefined {
+  if (text.length % 4 !== 0) return undefined;
+  const bytes = Buffer.from(text, 'base64');
+  return bytes.toString('base64') === text ? bytes : undefined;
+}
 
 function base64DecodedLength(text: string): number {
   const padding = text.endsWith('==') ? 2 : text.endsWith('=') ? 1 : 0;
-  return (text.length / 4) * 3 - padding;
+  return Math.floor(text.length / 4) * 3 - padding;
 }
+
+const NOT_BASE64 = 'not valid base64 (standard alphabet, padded, no line breaks)';
+
+/** An envelope address as a submission may give it: a mailbox with a domain name. */
+const mailbox = z.string().superRefine((address, ctx) => {
+  if (isValidMailbox(address)) return;
+  const literal = hasAddressLiteral(address) && isValidMailbox(address, { addressLiteral: true });
+  ctx.addIssue({ code: 'custom', message: literal ? 'address literals (user@[192.0.2.1]) are not accepted: hedwig delivers to domain names' : 'not a valid RFC 5321 mailbox' });
+});
+/** The reverse-path may be null (`<>`), as for bounces. */
+const reversePath = z.union([z.literal(''), mailbox]);
 
 function submissionSchema(limits: SubmissionLimits) {
   return z
@@ -31,7 +51,7 @@ function submissionSchema(limits: SubmissionLimits) {
       mailfrom: reversePath,
       rcpttos: z.array(mailbox).min(1).max(limits.maxRecipients),
       data: z.string().optional(),
-      data_base64: z.string().regex(BASE64, { message: 'not valid base64 (standard alphabet, padded, no line breaks)' }).optional(),
+      data_base64: z.string().optional(),
     })
     .strict()
     .superRefine((body, ctx) => {
@@ -67,7 +87,10 @@ export function createSubmissionParser(limits: SubmissionLimits): (body: unknown
     if (size > limits.maxMessageBytes) {
       return rejection(413, 'message_too_large', `message is ${size} bytes, the limit is ${limits.maxMessageBytes}`);
     }
-    return ok({ mailfrom, rcpttos, data: dataBase64 !== undefined ? Buffer.from(dataBase64, 'base64') : Buffer.from(data!, 'utf8') });
+    if (dataBase64 === undefined) return ok({ mailfrom, rcpttos, data: Buffer.from(data!, 'utf8') });
+    const bytes = decodeStrictBase64(dataBase64);
+    if (!bytes) return rejection(400, 'invalid_request', `data_base64: ${NOT_BASE64}`, 'data_base64');
+    return ok({ mailfrom, rcpttos, data: bytes });
   };
 }
 
@@ -76,8 +99,7 @@ export function createSubmissionParser(limits: SubmissionLimits): (body: unknown
  * implied. The null sender (bounces) carries no domain and is always allowed.
  */
 export function senderAllowed(mailfrom: string, senderDomains: readonly string[]): boolean {
-  if (mailfrom === '') return true;
-  return senderDomains.includes('*') || senderDomains.includes(domainOf(mailfrom));
+  return mailfrom === '' || domainAllowed(domainOf(mailfrom), senderDomains);
 }
 
 /** What makes two submissions "the same message" for idempotency. */

@@ -33,7 +33,18 @@ function isValidAddressLiteral(literal: string): boolean {
   return isIP(inner) === 4;
 }
 
-export function isValidMailbox(address: string): boolean {
+/** Whether the domain part is an address literal (`user@[192.0.2.1]`, `user@[IPv6:::1]`). */
+export function hasAddressLiteral(address: string): boolean {
+  return address.endsWith(']') && address.lastIndexOf('@[') > 0;
+}
+
+/**
+ * A mailbox hedwig takes: RFC 5321 syntax with a domain name. Address literals are
+ * syntax too, but hedwig refuses them (issue 12.8: they would be looked up as MX names and
+ * retried for days, and a literal is a way to reach internal addresses); `addressLiteral`
+ * accepts them where old data may hold one (jobs queued before they were refused).
+ */
+export function isValidMailbox(address: string, options: { addressLiteral?: boolean } = {}): boolean {
   if (address.length === 0 || address.length > MAX_PATH - 2) return false;
   const at = address.lastIndexOf('@');
   if (at <= 0 || at === address.length - 1) return false;
@@ -41,7 +52,7 @@ export function isValidMailbox(address: string): boolean {
   const domain = address.slice(at + 1);
   if (Buffer.byteLength(local) > MAX_LOCAL_PART) return false;
   if (!DOT_STRING.test(local) && !QUOTED_STRING.test(local)) return false;
-  if (domain.startsWith('[') && domain.endsWith(']')) return isValidAddressLiteral(domain);
+  if (domain.startsWith('[') && domain.endsWith(']')) return options.addressLiteral === true && isValidAddressLiteral(domain);
   return isValidDomain(domain);
 }
 

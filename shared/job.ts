@@ -13,9 +13,14 @@ export const TUBE = {
   failed: 'hedwig-failed',
 } as const;
 
-export const mailbox = z.string().refine(isValidMailbox, { message: 'not a valid RFC 5321 mailbox' });
+export const mailbox = z.string().refine((address) => isValidMailbox(address), { message: 'not a valid RFC 5321 mailbox' });
+/**
+ * Addresses inside a job: address literals still decode, since jobs queued before the post
+ * office refused them may hold one (the worker decides what to do with it).
+ */
+const queuedMailbox = z.string().refine((address) => isValidMailbox(address, { addressLiteral: true }), { message: 'not a valid RFC 5321 mailbox' });
 /** The reverse-path may be null (`<>`), as for bounces. */
-export const reversePath = z.union([z.literal(''), mailbox]);
+const queuedReversePath = z.union([z.literal(''), queuedMailbox]);
 
 /**
  * An outbound job as stored in beanstalkd. `data` is the raw RFC 5322 message,
@@ -25,8 +30,8 @@ export const outboundJobSchema = z.object({
   v: z.literal(1),
   id: z.string().min(1),
   fqdn: z.string(),
-  mailfrom: reversePath,
-  rcpttos: z.array(mailbox).min(1),
+  mailfrom: queuedReversePath,
+  rcpttos: z.array(queuedMailbox).min(1),
   data: z.string(),
   receivedAt: z.number().int(),
   attempts: z.number().int().nonnegative().default(0),

@@ -134,6 +134,16 @@ describe('bad input over HTTP (real post office, real beanstalkd)', { timeout: 9
       await expectRejected(signed('{"__proto__": {"mailfrom": "a@example.test"}}'), 400, 'invalid_request');
     });
 
+    it('rejects invalid UTF-8 inside the data string, naming data (data_base64 is for 8-bit content)', async () => {
+      const [head, tail] = submission({ data: 'Subject: x\r\n\r\nXX\r\n' }).split('XX') as [string, string];
+      await expectRejected(signed(Buffer.concat([Buffer.from(head), Buffer.from([0xff, 0xfe]), Buffer.from(tail)])), 400, 'invalid_utf8', 'data');
+    });
+
+    it('rejects address-literal recipients, naming the recipient', async () => {
+      await expectRejected(signed(submission({ rcpttos: ['user@[127.0.0.1]'] })), 400, 'invalid_request', 'rcpttos.0');
+      await expectRejected(signed(submission({ rcpttos: ['b@dest.test', 'user@[IPv6:::1]'] })), 400, 'invalid_request', 'rcpttos.1');
+    });
+
     it('rejects invalid and CRLF-injected addresses', async () => {
       await expectRejected(signed(submission({ rcpttos: ['b@dest.test>\r\nRCPT TO:<victim@elsewhere.test'] })), 400, 'invalid_request', 'rcpttos.0');
       await expectRejected(signed(submission({ rcpttos: ['b@dest.test', 'c@dest.test\nDATA'] })), 400, 'invalid_request', 'rcpttos.1');

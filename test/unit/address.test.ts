@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { domainOf, isValidMailbox } from '../../shared/address.ts';
+import { domainOf, hasAddressLiteral, isValidMailbox } from '../../shared/address.ts';
 
 describe('RFC 5321 mailbox validation', () => {
   for (const address of [
@@ -8,8 +8,6 @@ describe('RFC 5321 mailbox validation', () => {
     'first.last+tag@sub.example.com',
     "o'brien@example.ie",
     '"quoted local"@example.com',
-    'user@[192.0.2.1]',
-    'user@[IPv6:2001:db8::1]',
     'jörg@bücher.example',
     'x@localhost',
   ]) {
@@ -37,5 +35,15 @@ describe('RFC 5321 mailbox validation', () => {
   ] as const) {
     it(`rejects ${JSON.stringify(address)} (${why})`, () => assert.equal(isValidMailbox(address), false));
   }
+  it('refuses address literals unless asked to accept them (jobs queued before), and checks them then (issue 12.8)', () => {
+    for (const literal of ['user@[127.0.0.1]', 'user@[192.0.2.1]', 'user@[IPv6:::1]', 'user@[IPv6:2001:db8::1]']) {
+      assert.equal(isValidMailbox(literal), false, literal);
+      assert.equal(isValidMailbox(literal, { addressLiteral: true }), true, literal);
+      assert.equal(hasAddressLiteral(literal), true, literal);
+    }
+    assert.equal(isValidMailbox('a@[999.1.1.1]', { addressLiteral: true }), false);
+    assert.equal(isValidMailbox('a@[IPv6:1.2.3.4]', { addressLiteral: true }), false);
+    assert.equal(hasAddressLiteral('a@example.com'), false);
+  });
   it('takes the domain lower-cased for grouping', () => assert.equal(domainOf('A@Dest.TEST'), 'dest.test'));
 });

@@ -267,6 +267,46 @@ describe('POST /v1/messages: validation', () => {
     assertRejected(s, await sendSigned(s, message({ data: undefined, data_base64: 'aGk*' })), 400, { error: 'invalid_request', field: 'data_base64' });
   });
 
+  it('accepts data_base64 of every size up to maxMessageBytes (10 MiB), checked in linear time (issue 12.1)', async () => {
+    const s = setup({ limits: { maxMessageBytes: 10 * 1024 * 1024, maxRecipients: 3 } });
+    for (const size of [1, 3.5 * 1024 * 1024, 5 * 1024 * 1024, 10 * 1024 * 1024]) {
+      const bytes = Buffer.alloc(size, 'a');
+      bytes.write('Subject: big\r\n\r\n');
+      const res = await sendSigned(s, message({ data: undefined, data_base64: bytes.toString('base64') }));
+      assert.equal(res.statusCode, 202, `${size} bytes: ${res.body}`);
+      assert.equal(Buffer.from(s.queue.jobs.at(-1)!.data, 'base64').length, size);
+    }
+    const bad = `${Buffer.alloc(5 * 1024 * 1024, 'a').toString('base64')}*AAA`;
+    const res = await sendSigned(s, message({ data: undefined, data_base64: bad }));
+    assert.equal(res.statusCode, 400);
+    assert.equal((res.json() as { field: string }).field, 'data_base64');
+  });
+
+  it('rejects base64 that decodes but is not canonical: base64url, missing padding, spare bits, line breaks', async () => {
+    const s = setup();
+    for (const text of ['-_-_', 'aGk', 'aGl=', 'aG\nk=', 'aGk= ', ' aGk=']) {
+      assertRejected(s, await sendSigned(s, message({ data: undefined, data_base64: text })), 400, { error: 'invalid_request', field: 'data_base64' });
+    }
+  });
+
+  it('refuses invalid UTF-8 in data, naming the field, instead of queueing U+FFFD (issue 12.7)', async () => {
+    const s = setup();
+    const [head, tail] = message({ data: 'Subject: x\r\n\r\nXX\r\n' }).split('XX') as [string, string];
+    const body = Buffer.concat([Buffer.from(head), Buffer.from([0xff, 0xfe]), Buffer.from(tail)]);
+    assertRejected(s, await sendSigned(s, body), 400, { error: 'invalid_utf8', field: 'data' });
+    // An honest U+FFFD (valid UTF-8) is content like any other.
+    assert.equal((await sendSigned(s, message({ data: 'Subject: x\r\n\r\n\ufffd\r\n' }))).statusCode, 202);
+  });
+
+  it('refuses address-literal recipients, naming the recipient (issue 12.8)', async () => {
+    const s = setup();
+    for (const literal of ['user@[127.0.0.1]', 'user@[IPv6:::1]']) {
+      const res = await sendSigned(s, message({ rcpttos: ['ok@example.org', literal] }));
+      assertRejected(s, res, 400, { error: 'invalid_request', field: 'rcpttos.1' });
+      assert.match((res.json() as { message: string }).message, /address literals/);
+    }
+  });
+
   it('rejects unknown fields by name', async () => {
     const s = setup();
     assertRejected(s, await sendSigned(s, message({ priority: 'high' })), 400, { error: 'invalid_request', field: 'priority' });

@@ -88,7 +88,7 @@ describe('request validation, property-based', () => {
         if (result.ok) {
           assert.ok(result.value.mailfrom === '' || isValidMailbox(result.value.mailfrom));
           assert.ok(result.value.rcpttos.length >= 1 && result.value.rcpttos.length <= LIMITS.maxRecipients);
-          assert.ok(result.value.rcpttos.every(isValidMailbox));
+          assert.ok(result.value.rcpttos.every((address) => isValidMailbox(address)));
           assert.ok(result.value.data.length <= LIMITS.maxMessageBytes);
         } else {
           assert.ok([400, 413].includes(result.rejection.status), JSON.stringify(result.rejection));
