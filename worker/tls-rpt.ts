@@ -1,0 +1,287 @@
+import { randomUUID } from 'node:crypto';
+import { mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { gzipSync } from 'node:zlib';
+import { z } from 'zod';
+import type { Logger } from '../shared/logger.ts';
+
+/**
+ * TLS-RPT (RFC 8460): counts of TLS sessions per policy domain and policy (an MTA-STS
+ * policy, or the TLSA records of one MX host), successes and each kind of failure, over a
+ * reporting period (a UTC day by default), and the aggregate report built from them: the
+ * JSON of RFC 8460 §4, gzipped, as an HTTPS body or a MIME attachment (§5.3).
+ *
+ * The counts live in memory and are saved to the worker's state directory (one file per
+ * worker, named by its `reportingId`), so a restart loses nothing of the day; a period that
+ * ended while the worker was down is reported at its next start. Each worker reports its
+ * own sessions (receivers add up reports by report-id); one aggregate for all workers would
+ * need a shared store.
+ */
+
+export type PolicyType = 'sts' | 'tlsa';
+
+/** RFC 8460 §4.3 result types hedwig reports. */
+export type ResultType =
+  | 'starttls-not-supported'
+  | 'certificate-host-mismatch'
+  | 'certificate-expired'
+  | 'certificate-not-trusted'
+  | 'validation-failure'
+  | 'tlsa-invalid'
+  | 'dnssec-invalid'
+  | 'sts-policy-fetch-error'
+  | 'sts-policy-invalid'
+  | 'sts-webpki-invalid';
+
+export interface PolicyDescription {
+  type: PolicyType;
+  /** The recipient domain the policy belongs to. */
+  domain: string;
+  /** RFC 8460 §4.4 policy-string: the policy's lines, or the TLSA records in presentation form. */
+  strings: string[];
+  /** The policy's MX patterns (sts), or the MX host the TLSA records are for (tlsa). */
+  mxHosts: string[];
+}
+
+export interface SessionFailure {
+  resultType: ResultType;
+  sendingMtaIp?: string;
+  receivingMxHostname?: string;
+  receivingIp?: string;
+  additionalInformation?: string;
+}
+
+const failureDetail = z.object({
+  resultType: z.string(),
+  sendingMtaIp: z.string().optional(),
+  receivingMxHostname: z.string().optional(),
+  receivingIp: z.string().optional(),
+  additionalInformation: z.string().optional(),
+  count: z.number().int(),
+});
+const policyCounts = z.object({
+  policy: z.object({ type: z.enum(['sts', 'tlsa']), domain: z.string(), strings: z.array(z.string()), mxHosts: z.array(z.string()) }),
+  successes: z.number().int(),
+  failures: z.array(failureDetail),
+});
+const stateFile = z.object({ v: z.literal(1), periodStart: z.number().int(), policies: z.array(policyCounts) });
+
+type PolicyCounts = z.infer<typeof policyCounts>;
+
+export interface Period {
+  start: number;
+  end: number;
+  policies: PolicyCounts[];
+}
+
+export interface TlsRptAggregator {
+  success(policy: PolicyDescription): void;
+  failure(policy: PolicyDescription, failure: SessionFailure): void;
+  /** Periods that have ended by now (oldest first), removed from the aggregator. */
+  takeEnded(): Period[];
+  /** Writes the counts to the state file (also done on every takeEnded and by the caller's timer). */
+  save(): void;
+}
+
+const MAX_POLICIES = 10_000;
+const MAX_FAILURE_DETAILS = 100;
+
+/** The start of the period `at` falls in: periods are aligned to the Unix epoch, so daily ones to UTC midnight. */
+export function periodStartOf(at: number, intervalSeconds: number): number {
+  const ms = intervalSeconds * 1000;
+  return Math.floor(at / ms) * ms;
+}
+
+export function createTlsRptAggregator(options: { intervalSeconds: number; stateDir?: string; reportingId: string; logger: Logger; now?: () => number }): TlsRptAggregator {
+  const now = options.now ?? Date.now;
+  const intervalMs = options.intervalSeconds * 1000;
+  const file = options.stateDir ? join(options.stateDir, `tls-rpt-${options.reportingId.replace(/[^A-Za-z0-9._-]/g, '_')}.json`) : undefined;
+  let writable = file !== undefined;
+  let periodStart = periodStartOf(now(), options.intervalSeconds);
+  let counts = new Map<string, PolicyCounts>();
+  /** Periods that ended, waiting to be taken. */
+  const ended: Period[] = [];
+
+  if (file) {
+    try {
+      const saved = stateFile.parse(JSON.parse(readFileSync(file, 'utf8')));
+      const restored = new Map(saved.policies.map((p) => [keyOf(p.policy), p]));
+      if (saved.periodStart === periodStart) counts = restored;
+      else if (saved.policies.length > 0) ended.push({ start: saved.periodStart, end: saved.periodStart + intervalMs, policies: saved.policies });
+    } catch (err) {
+      const code = (err as NodeJS.ErrnoException).code;
+      if (code !== 'ENOENT') options.logger.warn({ event: 'tls_rpt_state_unreadable', file, reason: code ?? (err as Error).message }, 'TLS-RPT counts start from zero');
+    }
+  }
+
+  function keyOf(policy: PolicyDescription): string {
+    return [policy.type, policy.domain, policy.strings.join('\n'), policy.mxHosts.join(',')].join('\0');
+  }
+
+  function roll(): void {
+    const current = periodStartOf(now(), options.intervalSeconds);
+    if (current === periodStart) return;
+    if (counts.size > 0) ended.push({ start: periodStart, end: periodStart + intervalMs, policies: [...counts.values()] });
+    counts = new Map();
+    periodStart = current;
+  }
+
+  function entry(policy: PolicyDescription): PolicyCounts | undefined {
+    roll();
+    const key = keyOf(policy);
+    let found = counts.get(key);
+    if (!found) {
+      if (counts.size >= MAX_POLICIES) return undefined;
+      found = { policy: { ...policy, domain: policy.domain.toLowerCase() }, successes: 0, failures: [] };
+      counts.set(key, found);
+    }
+    return found;
+  }
+
+  function save(): void {
+    if (!file || !writable) return;
+    try {
+      mkdirSync(options.stateDir!, { recursive: true, mode: 0o700 });
+      const tmp = `${file}.${process.pid}.tmp`;
+      writeFileSync(tmp, JSON.stringify({ v: 1, periodStart, policies: [...counts.values()] }), { mode: 0o600 });
+      renameSync(tmp, file);
+    } catch (err) {
+      writable = false;
+      options.logger.warn({ event: 'tls_rpt_state_unwritable', file, reason: (err as NodeJS.ErrnoException).code ?? (err as Error).message }, 'TLS-RPT counts are kept in memory only');
+    }
+  }
+
+  return {
+    success(policy) {
+      const found = entry(policy);
+      if (found) found.successes++;
+    },
+    failure(policy, failure) {
+      const found = entry(policy);
+      if (!found) return;
+      const same = found.failures.find(
+        (f) =>
+          f.resultType === failure.resultType &&
+          f.sendingMtaIp === failure.sendingMtaIp &&
+          f.receivingMxHostname === failure.receivingMxHostname &&
+          f.receivingIp === failure.receivingIp &&
+          f.additionalInformation === failure.additionalInformation,
+      );
+      if (same) same.count++;
+      else if (found.failures.length < MAX_FAILURE_DETAILS) found.failures.push({ ...failure, count: 1 });
+      else found.failures[found.failures.length - 1]!.count++;
+    },
+    takeEnded() {
+      roll();
+      const taken = ended.splice(0);
+      save();
+      return taken;
+    },
+    save,
+  };
+}
+
+export interface ReportIdentity {
+  organizationName: string;
+  contactInfo: string;
+  /** The submitter's host name, for the mail subject and the file name (RFC 8460 §5.3). */
+  submitter: string;
+}
+
+/** The RFC 8460 §4 report of one policy domain for one period. */
+export function buildReport(domain: string, period: Period, identity: ReportIdentity, reportId: string = `${new Date(period.start).toISOString().slice(0, 10)}.${randomUUID()}@${identity.submitter}`) {
+  const iso = (ms: number) => new Date(ms).toISOString().replace(/\.\d{3}Z$/, 'Z');
+  return {
+    'organization-name': identity.organizationName,
+    'date-range': { 'start-datetime': iso(period.start), 'end-datetime': iso(period.end - 1000) },
+    'contact-info': identity.contactInfo,
+    'report-id': reportId,
+    policies: period.policies
+      .filter((p) => p.policy.domain === domain)
+      .map((p) => ({
+        policy: {
+          'policy-type': p.policy.type,
+          'policy-string': p.policy.strings,
+          'policy-domain': p.policy.domain,
+          ...(p.policy.mxHosts.length > 0 ? { 'mx-host': p.policy.mxHosts } : {}),
+        },
+        summary: { 'total-successful-session-count': p.successes, 'total-failure-session-count': p.failures.reduce((n, f) => n + f.count, 0) },
+        ...(p.failures.length > 0
+          ? {
+              'failure-details': p.failures.map((f) => ({
+                'result-type': f.resultType,
+                ...(f.sendingMtaIp ? { 'sending-mta-ip': f.sendingMtaIp } : {}),
+                ...(f.receivingMxHostname ? { 'receiving-mx-hostname': f.receivingMxHostname } : {}),
+                ...(f.receivingIp ? { 'receiving-ip': f.receivingIp } : {}),
+                'failed-session-count': f.count,
+                ...(f.additionalInformation ? { 'additional-information': f.additionalInformation } : {}),
+              })),
+            }
+          : {}),
+      })),
+  };
+}
+
+export type TlsReport = ReturnType<typeof buildReport>;
+
+export function gzipReport(report: TlsReport): Buffer {
+  return gzipSync(Buffer.from(JSON.stringify(report)));
+}
+
+/** RFC 8460 §5.3 file name: submitter!policy-domain!begin!end!unique-id.json.gz (Unix seconds). */
+export function reportFileName(domain: string, period: Period, identity: ReportIdentity, unique: string): string {
+  return `${identity.submitter}!${domain}!${Math.floor(period.start / 1000)}!${Math.floor(period.end / 1000)}!${unique}.json.gz`;
+}
+
+/** The report as a mail message (RFC 8460 §5.3): multipart/report; report-type="tlsrpt" with the gzip attachment. CRLF line ends. */
+export function reportMessage(options: { domain: string; period: Period; identity: ReportIdentity; report: TlsReport; gzipped: Buffer; from: string; to: string; now: number; messageId: string }): Buffer {
+  const { domain, identity, report } = options;
+  const boundary = `tlsrpt-${randomUUID()}`;
+  const base64 = options.gzipped.toString('base64').replace(/.{1,76}/g, '$&\r\n');
+  const name = reportFileName(domain, options.period, identity, report['report-id'].replace(/[^A-Za-z0-9.-]/g, '_').slice(0, 64));
+  const lines = [
+    `From: ${options.from}`,
+    `To: ${options.to}`,
+    `Date: ${new Date(options.now).toUTCString().replace('GMT', '+0000')}`,
+    `Subject: Report Domain: ${domain} Submitter: ${identity.submitter} Report-ID: <${report['report-id']}>`,
+    `Message-ID: <${options.messageId}>`,
+    `TLS-Report-Domain: ${domain}`,
+    `TLS-Report-Submitter: ${identity.submitter}`,
+    'Auto-Submitted: auto-generated',
+    'MIME-Version: 1.0',
+    `Content-Type: multipart/report; report-type="tlsrpt"; boundary="${boundary}"`,
+    '',
+    `--${boundary}`,
+    'Content-Type: text/plain; charset=us-ascii',
+    '',
+    `This is an aggregate TLS report (RFC 8460) from ${identity.organizationName} for ${domain},`,
+    `${report['date-range']['start-datetime']} to ${report['date-range']['end-datetime']}.`,
+    '',
+    `--${boundary}`,
+    'Content-Type: application/tlsrpt+gzip',
+    'Content-Transfer-Encoding: base64',
+    `Content-Disposition: attachment; filename="${name}"`,
+    '',
+    base64.trimEnd(),
+    '',
+    `--${boundary}--`,
+    '',
+  ];
+  return Buffer.from(lines.join('\r\n'), 'latin1');
+}
+
+/** `rua=` of a `_smtp._tls` TXT record (RFC 8460 §3): mailto: and https: URIs; null when the record is not TLSRPTv1. */
+export function parseTlsRptRecord(txt: string): { mailto: string[]; https: string[] } | null {
+  const fields = txt.split(';').map((f) => f.trim());
+  if (fields[0] !== 'v=TLSRPTv1') return null;
+  const rua = fields.find((f) => /^rua\s*=/i.test(f));
+  if (!rua) return null;
+  const uris = rua
+    .slice(rua.indexOf('=') + 1)
+    .split(',')
+    .map((u) => u.trim())
+    .filter(Boolean);
+  const mailto = uris.filter((u) => /^mailto:/i.test(u)).map((u) => decodeURIComponent(u.slice(7).split('?')[0]!));
+  const https = uris.filter((u) => /^https:\/\//i.test(u));
+  return { mailto, https };
+}
