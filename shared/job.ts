@@ -1,5 +1,5 @@
 import { z } from 'zod';
-import { isValidMailbox } from './address.ts';
+import { isValidDomain, isValidMailbox } from './address.ts';
 
 /**
  * Time-to-run of the outbound and failed jobs hedwig puts (post office, worker, CLI): a
@@ -19,6 +19,11 @@ export const mailbox = z.string().refine((address) => isValidMailbox(address), {
  * office refused them may hold one (the worker decides what to do with it).
  */
 const queuedMailbox = z.string().refine((address) => isValidMailbox(address, { addressLiteral: true }), { message: 'not a valid RFC 5321 mailbox' });
+/** A domain as a config key or value (`dkim.<domain>`, `tls.domains.<domain>`, ...): lower-cased. */
+export const domainName = z
+  .string()
+  .transform((value) => value.toLowerCase())
+  .refine(isValidDomain, { message: 'not a domain' });
 /** The reverse-path may be null (`<>`), as for bounces. */
 const queuedReversePath = z.union([z.literal(''), queuedMailbox]);
 

@@ -4,17 +4,41 @@ import { MAX_RESPONSE_CHARS } from '../shared/job.ts';
 /**
  * What an SMTP reply or a client error means for one recipient. The rules are one
  * ordered table, first match wins, so the policy can be read (and reviewed) in one place.
+ *
+ * This module owns the one outcome shape of the delivery path: a `Verdict` says how one
+ * attempt ended for a recipient (also "cannot go now": a limit, a TLS policy, DNS), a
+ * `RecipientResult` is a verdict for a named recipient. Every step returns these.
  */
-export type Outcome = 'delivered' | 'deferred' | 'bounced';
+export type AttemptOutcome = 'delivered' | 'deferred' | 'bounced';
 
 export interface Verdict {
-  outcome: Outcome;
+  outcome: AttemptOutcome;
   /** Greylisting asks for an early retry rather than the long schedule. */
   greylisted: boolean;
   responseCode?: number;
   enhancedCode?: string;
   /** The server's reply line(s), or the client error when there was no reply. */
   response: string;
+}
+
+export interface RecipientResult extends Verdict {
+  recipient: string;
+  /** The MX host that gave the verdict, when one did. */
+  mx?: string;
+}
+
+/**
+ * A verdict of hedwig's own (no server reply to quote): with `reply` it reads like one,
+ * e.g. `451 4.4.5 ...`, so reports and logs carry a code either way.
+ */
+export function ownVerdict(outcome: AttemptOutcome, text: string, reply?: { code: number; enhanced: string }): Verdict {
+  if (!reply) return { outcome, greylisted: false, response: text };
+  return { outcome, greylisted: false, responseCode: reply.code, enhancedCode: reply.enhanced, response: `${reply.code} ${reply.enhanced} ${text}` };
+}
+
+/** The same verdict for each recipient. */
+export function forRecipients(recipients: readonly string[], verdict: Verdict, mx?: string): RecipientResult[] {
+  return recipients.map((recipient) => ({ recipient, ...(mx !== undefined ? { mx } : {}), ...verdict }));
 }
 
 /** An SMTP reply as the rules see it; `stage` is the command it answered (nodemailer's `command`). */
@@ -28,7 +52,7 @@ export interface Reply {
 interface Rule {
   when: string;
   match: (reply: Reply) => boolean;
-  outcome: Outcome;
+  outcome: AttemptOutcome;
   greylisted?: boolean;
 }
 
@@ -54,7 +78,7 @@ const RULES: Rule[] = [
 ];
 
 /** Client errors that carry no SMTP reply. */
-const ERRORS_WITHOUT_REPLY: Record<string, Outcome> = {
+const ERRORS_WITHOUT_REPLY: Record<string, AttemptOutcome> = {
   ECONNECTION: 'deferred', // refused, reset, closed unexpectedly
   ETIMEDOUT: 'deferred',
   ESOCKET: 'deferred',

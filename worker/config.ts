@@ -1,30 +1,30 @@
 import { hostname } from 'node:os';
-import { isIP } from 'node:net';
 import { z } from 'zod';
-import { hostPortSchema, loadConfig } from '../shared/config.ts';
-import { parseHostPort } from '../shared/host-port.ts';
-import { webhookConfigSchema } from './webhook.ts';
-import { mailbox, TUBE } from '../shared/job.ts';
-import { connectionsSchema, dkimSchema, headersSchema, limitsSchema, sourceSchema, tlsSchema } from './identity-config.ts';
+import { ConfigError, hostPortSchema, loadConfig, type KeyIssue } from '../shared/config.ts';
+import { TUBE } from '../shared/job.ts';
+import { dkimSchema, loadDkimKeys, type DkimKeys } from './dkim.ts';
+import { headersSchema } from './headers.ts';
+import { limitsSchema } from './limits.ts';
+import { bouncesSchema } from './notices.ts';
+import { connectionsSchema } from './pool.ts';
+import { dnsSchema, routesSchema } from './route.ts';
+import { retrySchema } from './settle.ts';
+import { timeoutsSchema } from './smtp-session.ts';
+import { sourceSchema } from './source-ip.ts';
+import { loadTrustAnchors, tlsSchema } from './tls-policy.ts';
+import { webhookConfigFrom, webhookConfigSchema, type WebhookConfig } from './webhook.ts';
 
-const DEFAULT_BEANSTALK_PORT = 11300;
-const DEFAULT_DNS_PORT = 53;
-
-/** DNS servers are IP literals ('ip', 'ip:port', '[v6]:port'): a resolver cannot look up its own server. */
-function isDnsServer(value: string): boolean {
-  if (isIP(value) !== 0) return true;
-  try {
-    return isIP(parseHostPort(value, DEFAULT_DNS_PORT).host) !== 0;
-  } catch {
-    return false;
-  }
-}
-
+/**
+ * The worker's configuration: each section's schema lives beside the feature it
+ * configures and is only put under its key here. Parsing reads no files; the files the
+ * config names (DKIM keys, the TLS trust anchors, the webhook secret) are read once at
+ * start-up by `readConfiguredFiles`, which reports every problem at once.
+ */
 export const workerConfigSchema = z
   .object({
     beanstalk: z
       .object({
-        servers: z.array(hostPortSchema(DEFAULT_BEANSTALK_PORT)).min(1).prefault(['127.0.0.1:11300']),
+        servers: z.array(hostPortSchema(11300)).min(1).prefault(['127.0.0.1:11300']),
         tube: z.string().min(1).max(200).default(TUBE.outbound),
         failedTube: z.string().min(1).max(200).default(TUBE.failed),
       })
@@ -34,60 +34,16 @@ export const workerConfigSchema = z
     concurrency: z.number().int().min(1).max(256).default(4),
     /** The name sent in EHLO; receivers check it against the source address's PTR record. */
     ehloName: z.string().min(1).default(() => hostname()),
-    dns: z
-      .object({
-        /** Empty: the system resolver's servers. */
-        servers: z.array(z.string().refine(isDnsServer, { message: "expected 'ip' or 'ip:port'" })).default([]),
-        timeoutMs: z.number().int().positive().default(5000),
-        /** Upper bound for caching a destination, whatever the records' TTL; 0 disables the cache. */
-        cacheMaxSeconds: z.number().int().nonnegative().default(300),
-      })
-      .strict()
-      .prefault({}),
-    /** Domain -> 'host:port', like Postfix transport maps; bypasses MX (and the private-address rule). */
-    routes: z
-      .record(z.string().min(1), z.string().min(1))
-      .default({})
-      .transform((routes) => Object.fromEntries(Object.entries(routes).map(([domain, route]) => [domain.toLowerCase(), route]))),
+    dns: dnsSchema,
+    routes: routesSchema,
     smtpPort: z.number().int().min(1).max(65535).default(25),
     /** Never connect to loopback, private or link-local addresses found in DNS unless true. */
     allowPrivateAddresses: z.boolean().default(false),
-    timeouts: z
-      .object({
-        connectMs: z.number().int().positive().default(30_000),
-        greetingMs: z.number().int().positive().default(30_000),
-        socketMs: z.number().int().positive().default(300_000),
-      })
-      .strict()
-      .prefault({}),
-    retry: z
-      .object({
-        /**
-         * Delay before attempt n+1 after attempt n failed temporarily; the last value repeats.
-         * RFC 5321 §4.5.4.1: a first retry within minutes, then 30 minutes or more apart.
-         */
-        delaysSeconds: z.array(z.number().int().positive()).min(1).default([300, 1800, 3600, 7200, 14400]),
-        /** RFC 5321 §4.5.4.1: give up after 4-5 days. */
-        maxLifetimeSeconds: z.number().int().positive().default(432_000),
-      })
-      .strict()
-      .prefault({}),
-    /** Delivery status notifications (RFC 3464) to the envelope sender. */
-    bounces: z
-      .object({
-        /** Report bounced and expired recipients to the sender (never to a null sender `<>`). */
-        enabled: z.boolean().default(true),
-        /** From: of notices; unset means MAILER-DAEMON@<ehloName>. */
-        from: mailbox.optional(),
-        /** Warn the sender once when a message is still undelivered this long after arrival; 0 disables. */
-        delayWarningSeconds: z.number().int().nonnegative().default(14_400),
-      })
-      .strict()
-      .prefault({}),
-    /** DKIM keys per signing domain; see worker/identity-config.ts. */
+    timeouts: timeoutsSchema,
+    retry: retrySchema,
+    bounces: bouncesSchema,
     dkim: dkimSchema,
     headers: headersSchema,
-    /** TLS policy, source addresses, connection reuse, per-destination limits; see worker/identity-config.ts. */
     tls: tlsSchema,
     source: sourceSchema,
     connections: connectionsSchema,
@@ -104,20 +60,41 @@ export const workerConfigSchema = z
     /** On stop, how long in-flight deliveries may run before they are cut off (their jobs return to the queue). */
     shutdownGraceMs: z.number().int().nonnegative().default(20_000),
   })
-  .strict()
-  .superRefine((config, ctx) => {
-    for (const [domain, route] of Object.entries(config.routes)) {
-      try {
-        const { port } = parseHostPort(route, config.smtpPort);
-        if (port < 1 || port > 65535) throw new Error('port out of range');
-      } catch {
-        ctx.addIssue({ code: 'custom', path: ['routes', domain], message: `not a host[:port]: ${route}` });
-      }
-    }
-  });
+  .strict();
 
 export type WorkerConfig = z.infer<typeof workerConfigSchema>;
 
 export function loadWorkerConfig(file: string | undefined, env: NodeJS.ProcessEnv = process.env): WorkerConfig {
   return loadConfig(workerConfigSchema, { file, envPrefix: 'WORKER', env });
+}
+
+/** What the files named in the config hold, read and checked. */
+export interface ConfiguredFiles {
+  dkim: DkimKeys;
+  tlsCa?: Buffer;
+  webhook?: WebhookConfig;
+}
+
+/**
+ * Reads the files the config names; every problem stops start-up as a config error naming
+ * `source` (the config file) and each key at once.
+ */
+export function readConfiguredFiles(config: WorkerConfig, source: string): ConfiguredFiles {
+  const issues: KeyIssue[] = [];
+  const dkim = loadDkimKeys(config.dkim);
+  if (!dkim.ok) issues.push(...dkim.issues.map((issue) => ({ ...issue, path: ['dkim', ...issue.path] })));
+  const ca = config.tls.caFile ? loadTrustAnchors(config.tls.caFile) : undefined;
+  if (ca && !ca.ok) issues.push({ path: ['tls', 'caFile'], message: ca.message });
+  const webhook = config.webhook ? webhookConfigFrom(config.webhook) : undefined;
+  if (webhook && !webhook.ok) issues.push({ ...webhook.issue, path: ['webhook', ...webhook.issue.path] });
+  if (issues.length > 0) {
+    const [first, ...more] = issues.map((issue) => ({ key: issue.path.map(String).join('.'), message: issue.message }));
+    const others = more.map((issue) => `; ${issue.key}: ${issue.message}`).join('');
+    throw new ConfigError(source, first!.key, `${first!.message}${others}`);
+  }
+  return {
+    dkim: dkim.ok ? dkim.keys : new Map(),
+    ...(ca?.ok ? { tlsCa: ca.ca } : {}),
+    ...(webhook?.ok ? { webhook: webhook.config } : {}),
+  };
 }

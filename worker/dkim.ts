@@ -1,6 +1,9 @@
 import { createPrivateKey, type KeyObject } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import DKIM from 'nodemailer/lib/dkim';
+import { z } from 'zod';
+import type { Failed } from '../shared/errors.ts';
+import { domainName } from '../shared/job.ts';
 import { signEd25519 } from './dkim-ed25519.ts';
 
 /**
@@ -15,6 +18,19 @@ import { signEd25519 } from './dkim-ed25519.ts';
 
 export const DKIM_ALGORITHMS = ['rsa-sha256', 'ed25519-sha256'] as const;
 export type DkimAlgorithm = (typeof DKIM_ALGORITHMS)[number];
+
+const selector = z.string().regex(/^[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*$/, {
+  message: 'a DKIM selector: letters, digits, hyphens (dot-separated labels)',
+});
+const dkimEntry = z.object({ selector, keyFile: z.string().min(1) }).strict();
+
+/**
+ * `dkim.<domain>: {selector, keyFile}` (what `key-generator.ts --dkim` prints), or a list of
+ * two such entries, an RSA and an Ed25519 key (RFC 8463 §4 asks signers to sign with both
+ * while verifiers catch up). The keys are read by loadDkimKeys at start-up, not while parsing.
+ */
+export const dkimSchema = z.record(domainName, z.union([dkimEntry.transform((entry) => [entry]), z.array(dkimEntry).min(1).max(2)])).default({});
+export type DkimConfig = z.infer<typeof dkimSchema>;
 
 export interface DkimKey {
   /** The d= domain. */
@@ -72,6 +88,38 @@ export function loadDkimPrivateKey(file: string): KeyCheck {
 }
 
 /**
+ * Reads and checks every configured key, so a missing, broken or unsupported key stops
+ * start-up with a config error naming its key (`<domain>.keyFile`, or `<domain>.<i>.keyFile`
+ * in a list); every problem at once.
+ */
+export function loadDkimKeys(config: DkimConfig): { ok: true; keys: DkimKeys } | { ok: false; issues: Array<{ path: PropertyKey[]; message: string }> } {
+  const keys = new Map<string, DkimKey[]>();
+  const issues: Array<{ path: PropertyKey[]; message: string }> = [];
+  for (const [domain, list] of Object.entries(config)) {
+    const loadedKeys: DkimKey[] = [];
+    for (const [i, entry] of list.entries()) {
+      const path = list.length > 1 ? [domain, i, 'keyFile'] : [domain, 'keyFile'];
+      const loaded = loadDkimPrivateKey(entry.keyFile);
+      if (!loaded.ok) {
+        issues.push({ path, message: loaded.message });
+        continue;
+      }
+      if (loadedKeys.some((k) => k.algorithm === loaded.algorithm)) {
+        issues.push({ path, message: `a second ${loaded.algorithm} key for ${domain}; give one RSA and one Ed25519 key at most` });
+        continue;
+      }
+      if (loadedKeys.some((k) => k.selector === entry.selector)) {
+        issues.push({ path: path.slice(0, -1).concat('selector'), message: `selector ${entry.selector} is used twice for ${domain}` });
+        continue;
+      }
+      loadedKeys.push({ domain, selector: entry.selector, algorithm: loaded.algorithm, privateKey: loaded.key });
+    }
+    keys.set(domain, loadedKeys);
+  }
+  return issues.length > 0 ? { ok: false, issues } : { ok: true, keys };
+}
+
+/**
  * The configured keys for `domain`, else for its closest parent domain (d= may be a parent
  * of the sender's domain) that `mayUseParent` allows.
  */
@@ -85,7 +133,7 @@ export function keysFor(keys: DkimKeys, domain: string, mayUseParent: (parent: s
   return [];
 }
 
-export type SignResult = { ok: true; raw: Buffer } | { ok: false; code: 'DKIM_SIGN_FAILED'; message: string };
+export type SignResult = { ok: true; raw: Buffer } | Failed<'DKIM_SIGN_FAILED'>;
 
 function collect(stream: NodeJS.ReadableStream): Promise<Buffer> {
   return new Promise((resolve, reject) => {

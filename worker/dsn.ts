@@ -1,12 +1,12 @@
 import { randomUUID } from 'node:crypto';
 import MimeNode from 'nodemailer/lib/mime-node';
 import { isAscii } from '../shared/address.ts';
-import type { FailedJob, OutboundJob } from '../shared/job.ts';
-import type { RecipientResult } from './deliver.ts';
+import type { OutboundJob } from '../shared/job.ts';
 
 /**
- * Delivery status notifications (RFC 3464) to the envelope sender: a failure report for
- * recipients that bounced or expired, and at most one delay warning per message.
+ * The delivery status notification message itself (RFC 3464): a failure report for
+ * recipients that bounced or expired, or a delay warning. notices.ts decides when one is
+ * due and queues it.
  *
  * The MIME structure (boundaries, transfer encodings, header encoding) is nodemailer's
  * MimeNode, the builder under MailComposer: MailComposer itself cannot make a
@@ -14,8 +14,6 @@ import type { RecipientResult } from './deliver.ts';
  * writes RFC 3464 fields; it is 7-bit by construction (addresses that need UTF-8 use the
  * RFC 6533 `utf-8` address type, reply texts are reduced to printable ASCII).
  *
- * Loops: a notice is sent with the null reverse-path `<>`, and nothing is ever sent about
- * a message whose reverse-path is null, so a notice can never cause another one.
  */
 
 export interface NoticeSettings {
@@ -217,54 +215,4 @@ export async function buildDsn(input: DsnInput): Promise<Buffer> {
     root.createChild('text/rfc822-headers; charset=utf-8').setContent(headers);
   }
   return buildMime(root);
-}
-
-/** Whether a message earns notices at all: never for a null reverse-path (that is a notice itself). */
-export function wantsNotices(job: OutboundJob, settings: NoticeSettings | undefined): settings is NoticeSettings {
-  return settings !== undefined && settings.enabled && job.mailfrom !== '';
-}
-
-function noticeJob(original: OutboundJob, message: Buffer, settings: NoticeSettings, now: number): OutboundJob {
-  return {
-    v: 1,
-    id: randomUUID(),
-    // The worker wrote the notice, not the app host (the log line notice_queued links the two).
-    fqdn: settings.reportingMta,
-    // The null reverse-path: a notice that cannot be delivered is never reported back.
-    mailfrom: '',
-    rcpttos: [original.mailfrom],
-    data: message.toString('base64'),
-    receivedAt: now,
-    attempts: 0,
-    // Marks the worker's own notice: only these are signed for the notices' domain.
-    notice: true,
-  };
-}
-
-/** The failure report for the bounced and expired recipients of a failed-tube record, or null when none is due. */
-export async function failureNotice(failed: FailedJob, raw: Buffer, settings: NoticeSettings | undefined, now: number): Promise<OutboundJob | null> {
-  if (!wantsNotices(failed.job, settings)) return null;
-  const recipients: DsnRecipient[] = failed.failures.map((f) => ({ ...f }));
-  const message = await buildDsn({ kind: 'failure', original: failed.job, raw, recipients, settings, now });
-  return noticeJob(failed.job, message, settings, now);
-}
-
-/** The delay warning for recipients still being retried, or null when none is due. */
-export async function delayNotice(
-  job: OutboundJob,
-  deferred: RecipientResult[],
-  options: { raw: Buffer; settings: NoticeSettings | undefined; attemptStartedAt: number; retryUntil: number; now: number },
-): Promise<OutboundJob | null> {
-  if (!wantsNotices(job, options.settings) || deferred.length === 0) return null;
-  const recipients: DsnRecipient[] = deferred.map((r) => ({
-    recipient: r.recipient,
-    outcome: 'deferred',
-    ...(r.responseCode !== undefined ? { responseCode: r.responseCode } : {}),
-    ...(r.enhancedCode !== undefined ? { enhancedCode: r.enhancedCode } : {}),
-    response: r.response,
-    ...(r.mx !== undefined ? { mx: r.mx } : {}),
-    lastAttemptAt: options.attemptStartedAt,
-  }));
-  const message = await buildDsn({ kind: 'delay', original: job, raw: options.raw, recipients, settings: options.settings, now: options.now, retryUntil: options.retryUntil });
-  return noticeJob(job, message, options.settings, options.now);
 }

@@ -1,4 +1,5 @@
 import { domainToASCII } from 'node:url';
+import { z } from 'zod';
 import { hasField, joinMessage, splitMessage, type HeaderField } from '../shared/message-header.ts';
 
 export { normalizeLineEnds, splitMessage } from '../shared/message-header.ts';
@@ -16,6 +17,15 @@ export { normalizeLineEnds, splitMessage } from '../shared/message-header.ts';
  * belongs to the final delivery (RFC 5321 §4.4); Content-Length is unreliable in transit.
  * The same list as Postfix's message_drop_headers. X-Hedwig-* is our own namespace.
  */
+/** `headers`: optional header edits. */
+export const headersSchema = z
+  .object({
+    /** Add a Received trace field (it names the submitting host's fqdn). */
+    received: z.boolean().default(false),
+  })
+  .strict()
+  .prefault({});
+
 const DROPPED = new Set(['bcc', 'resent-bcc', 'return-path', 'content-length']);
 const INTERNAL_PREFIX = 'x-hedwig-';
 

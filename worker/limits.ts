@@ -1,41 +1,56 @@
-import { domainToASCII } from 'node:url';
-import { BeanstalkClient, BeanstalkError, type ReservedJob, type Stats } from '../shared/beanstalk.ts';
+import { z } from 'zod';
 import { errorCode, errorMessage } from '../shared/errors.ts';
+import { hostPortSchema } from '../shared/config.ts';
+import type { HostPort } from '../shared/host-port.ts';
+import { domainName } from '../shared/job.ts';
 import type { Logger } from '../shared/logger.ts';
-import type { Verdict } from './classify.ts';
 import { sleep } from '../shared/sleep.ts';
+import { ownVerdict, type Verdict } from './classify.ts';
+import { createLimitStore, type LimitStore, type StoreAttempt } from './limit-store.ts';
 
 /**
  * Per-destination limits that hold across every worker process: concurrent connections
  * and messages per minute per destination domain, or per group of domains that share an
- * MX provider. The shared state lives in beanstalkd (the one server every worker already
- * reaches), in two tubes per destination:
+ * MX provider. Mail is counted in a *limit bucket*: the domain's own, or its group's. The
+ * shared counters live in beanstalkd (limit-store.ts).
  *
- *  - `hedwig-limit-<dest>-conn`: a connection slot is a *reserved* token job. A worker
- *    takes a ready token (or puts one and reserves it), then counts the tube's reserved
- *    jobs; with at most `maxConnections` reserved it holds the slot until the SMTP
- *    connection closes, then deletes the token; otherwise it deletes it and waits. The
- *    last of any N+1 concurrent takers always counts N+1, so the limit cannot be
- *    exceeded; a collision only costs a retry. No seeding is needed, a changed limit
- *    applies at once, and a worker that dies loses its reservations with its beanstalkd
- *    connection: the slots free themselves (tokens are touched while held, so TTR never
- *    frees a live one).
- *  - `hedwig-limit-<dest>-rate`: each message puts a record delayed by the window (60 s);
- *    the tube's delayed count is the number of messages in the last window. Over the
- *    limit, the record is deleted again and the sender waits. Expired (ready) records
- *    are swept by the next senders.
- *
- * A 421 or "too many connections" reply makes the destination back off: locally, and for
- * limited destinations also in beanstalkd (pause-tube on its tubes), so every worker
- * waits. A worker waits at most `maxWaitMs` for a slot, then defers the recipients.
+ * A 421 or "too many connections" reply makes the bucket back off: locally, and for
+ * limited buckets also in beanstalkd (pause-tube on its tubes), so every worker waits. A
+ * worker waits at most `maxWaitMs` for a slot, then defers the recipients.
  */
 
-export interface DestinationLimit {
-  maxConnections?: number;
-  messagesPerMinute?: number;
-}
+const limitSchema = z
+  .object({
+    maxConnections: z.number().int().min(1).optional(),
+    messagesPerMinute: z.number().int().min(1).optional(),
+  })
+  .strict();
 
-export interface DestinationGroup extends DestinationLimit {
+/** `limits`: per-destination limits shared by all workers through beanstalkd. */
+export const limitsSchema = z
+  .object({
+    /** beanstalkd that holds the shared counters, `host[:port]`; default: the first of beanstalk.servers. Every worker must use the same one. */
+    server: hostPortSchema(11300).optional(),
+    /** Applies to every destination domain without its own entry or group. */
+    default: limitSchema.prefault({}),
+    domains: z.record(domainName, limitSchema).default({}),
+    groups: z
+      .record(
+        z.string().regex(/^[A-Za-z0-9_.-]{1,100}$/, { message: 'a group name: letters, digits, _ . -' }),
+        limitSchema.extend({ domains: z.array(domainName).default([]), mxSuffixes: z.array(z.string().min(1)).default([]) }),
+      )
+      .default({}),
+    windowSeconds: z.number().int().min(1).max(3600).default(60),
+    maxWaitMs: z.number().int().nonnegative().default(10_000),
+    backoffSeconds: z.number().int().nonnegative().default(60),
+  })
+  .strict()
+  .prefault({});
+export type LimitsConfig = z.infer<typeof limitsSchema>;
+
+export type Limit = z.infer<typeof limitSchema>;
+
+export interface LimitGroup extends Limit {
   /** Recipient domains in the group. */
   domains: string[];
   /** MX host name suffixes that put a domain in the group (e.g. `.google.com`). */
@@ -44,43 +59,44 @@ export interface DestinationGroup extends DestinationLimit {
 
 export interface LimitSettings {
   /** beanstalkd holding the shared counters; every worker must use the same one. */
-  server?: { host: string; port: number };
-  default: DestinationLimit;
-  domains: Readonly<Record<string, DestinationLimit>>;
-  groups: Readonly<Record<string, DestinationGroup>>;
+  server?: HostPort;
+  default: Limit;
+  domains: Readonly<Record<string, Limit>>;
+  groups: Readonly<Record<string, LimitGroup>>;
   /** The messagesPerMinute window (a sliding window of this length allows messagesPerMinute × windowSeconds / 60). */
   windowSeconds: number;
   maxWaitMs: number;
   backoffSeconds: number;
 }
 
-export interface Destination {
+/** The limits section with its default server: the first beanstalkd the worker uses. */
+export function limitSettingsFrom(config: LimitsConfig, beanstalkServers: readonly HostPort[]): LimitSettings {
+  const { server, ...rest } = config;
+  return { ...rest, server: server ?? beanstalkServers[0] };
+}
+
+/** Where a delivery counts against limits: a recipient domain, or a group of domains. */
+export interface LimitBucket {
   /** `example.com`, or `group.<name>` for a group. */
   key: string;
-  limit: DestinationLimit;
+  limit: Limit;
 }
 
 export type Admission = { ok: true; release: () => void } | { ok: false; verdict: Verdict };
 
 export interface Limiter {
-  destinationFor(domain: string, mxNames: string[]): Destination;
+  bucketFor(domain: string, mxNames: string[]): LimitBucket;
   /** Before opening a connection; `release` when it closes. `onContention` is told when the limit is full (to close own idle connections). */
-  connectionSlot(destination: Destination, signal?: AbortSignal, onContention?: () => void): Promise<Admission>;
+  connectionSlot(bucket: LimitBucket, signal?: AbortSignal, onContention?: () => void): Promise<Admission>;
   /** Before each transaction. */
-  messageSlot(destination: Destination, signal?: AbortSignal): Promise<Admission>;
+  messageSlot(bucket: LimitBucket, signal?: AbortSignal): Promise<Admission>;
   /** After a reply that asks us to slow down; while backing off, refusals repeat that reply (it stays the recipients' reason). */
-  backOff(destination: Destination, reply: Verdict): void;
+  backOff(bucket: LimitBucket, reply: Verdict): void;
   close(): Promise<void>;
 }
 
-const TOKEN = Buffer.from('slot');
-const RECORD = Buffer.from('sent');
-const TOKEN_TTR_SECONDS = 60;
-const RETRY_MIN_MS = 20;
-const RETRY_MAX_MS = 500;
-
 /** The limits that apply to mail for `domain`: its own entry, else a group (by domain or MX name), else the default. */
-export function destinationFor(settings: Pick<LimitSettings, 'default' | 'domains' | 'groups'>, rawDomain: string, mxNames: string[]): Destination {
+export function bucketFor(settings: Pick<LimitSettings, 'default' | 'domains' | 'groups'>, rawDomain: string, mxNames: string[]): LimitBucket {
   const domain = rawDomain.toLowerCase();
   const own = settings.domains[domain];
   if (own) return { key: domain, limit: own };
@@ -97,64 +113,23 @@ export function asksToBackOff(response: string): boolean {
   return /^421[ -]/.test(response) || /too many (?:concurrent |simultaneous )?(?:connections|sessions)/i.test(response);
 }
 
-function limited(destination: Destination): boolean {
-  return destination.limit.maxConnections !== undefined || destination.limit.messagesPerMinute !== undefined;
+function limited(bucket: LimitBucket): boolean {
+  return bucket.limit.maxConnections !== undefined || bucket.limit.messagesPerMinute !== undefined;
 }
 
-/** beanstalkd tube names allow letters, digits and `-+/;.$_()`: an IDN becomes its A-label. */
-function tubeName(destination: Destination, kind: 'conn' | 'rate'): string {
-  const key = (domainToASCII(destination.key) || destination.key).replace(/[^A-Za-z0-9\-+/;.$_()]/g, '_');
-  return `hedwig-limit-${key}-${kind}`.slice(0, 200);
+function refusal(text: string): Admission {
+  return { ok: false, verdict: ownVerdict('deferred', text, { code: 451, enhanced: '4.4.5' }) };
 }
 
-function refusal(response: string): Admission {
-  return { ok: false, verdict: { outcome: 'deferred', greylisted: false, responseCode: 451, enhancedCode: '4.4.5', response: `451 4.4.5 ${response}` } };
-}
+const ADMITTED: StoreAttempt = { ok: true, release: () => {} };
 
-function stat(stats: Stats, name: string): number {
-  return Number(stats[name] ?? 0) || 0;
-}
-
-/** Serializes async sections: the shared client's used and watched tubes are per connection state. */
-function createMutex() {
-  let tail: Promise<unknown> = Promise.resolve();
-  return <T>(section: () => Promise<T>): Promise<T> => {
-    const run = tail.then(section, section);
-    tail = run.catch(() => undefined);
-    return run;
-  };
-}
-
-export function createLimiter(settings: LimitSettings, options: { logger: Logger; now?: () => number; random?: () => number }): Limiter {
+export function createLimiter(settings: LimitSettings, options: { logger: Logger; now?: () => number; random?: () => number; store?: LimitStore }): Limiter {
   const now = options.now ?? Date.now;
-  const random = options.random ?? Math.random;
   const log = options.logger.child({ component: 'limits' });
-  /** destination key -> local back-off end (ms) and the reply that caused it. */
+  /** bucket key -> local back-off end (ms) and the reply that caused it. */
   const backoffUntil = new Map<string, { until: number; reply: Verdict }>();
-  const client = settings.server ? new BeanstalkClient(settings.server, { connectTimeoutMs: 2000, commandTimeoutMs: 5000 }) : undefined;
-  const exclusive = createMutex();
-  let connecting: Promise<void> | undefined;
+  const store = options.store ?? (settings.server ? createLimitStore(settings.server, options.random ? { random: options.random } : {}) : undefined);
   let lastWarnedAt = 0;
-
-  async function ready(): Promise<BeanstalkClient> {
-    if (!client) throw new BeanstalkError('DISCONNECTED', 'no limits server configured');
-    if (!client.connected) {
-      connecting ??= client.connect().finally(() => {
-        connecting = undefined;
-      });
-      await connecting;
-    }
-    return client;
-  }
-
-  async function tubeStats(tube: string): Promise<Stats> {
-    try {
-      return await (await ready()).statsTube(tube);
-    } catch (err) {
-      if (err instanceof BeanstalkError && err.code === 'NOT_FOUND') return {};
-      throw err;
-    }
-  }
 
   function warnUnavailable(err: unknown): void {
     if (now() - lastWarnedAt < 60_000) return;
@@ -162,29 +137,22 @@ export function createLimiter(settings: LimitSettings, options: { logger: Logger
     log.warn({ event: 'limits_unavailable', code: errorCode(err), message: errorMessage(err) }, 'cannot reach the limits server; deliveries to limited destinations wait');
   }
 
-  function retryDelay(base: number): number {
-    return Math.round(Math.min(RETRY_MAX_MS, Math.max(RETRY_MIN_MS, base)) * (0.5 + random()));
-  }
-
-  /** The local back-off left for a destination, ms (0 when none). */
-  function localBackoff(destination: Destination): { leftMs: number; reply?: Verdict } {
-    const entry = backoffUntil.get(destination.key);
+  /** The local back-off left for a bucket, ms (0 when none). */
+  function localBackoff(bucket: LimitBucket): { leftMs: number; reply?: Verdict } {
+    const entry = backoffUntil.get(bucket.key);
     if (entry === undefined) return { leftMs: 0 };
     const left = entry.until - now();
-    if (left <= 0) backoffUntil.delete(destination.key);
+    if (left <= 0) backoffUntil.delete(bucket.key);
     return left > 0 ? { leftMs: left, reply: entry.reply } : { leftMs: 0 };
   }
 
-  /**
-   * Runs `attempt` until it admits, the deadline passes or shutdown. `attempt` returns
-   * 'admitted' or a wait in ms (with why), and may throw when beanstalkd is unreachable.
-   */
-  async function admit(destination: Destination, what: string, signal: AbortSignal | undefined, attempt: () => Promise<Admission | { waitMs: number; why: string }>): Promise<Admission> {
+  /** Runs `attempt` until it admits, the deadline passes or shutdown; `attempt` may throw when beanstalkd is unreachable. */
+  async function admit(bucket: LimitBucket, what: string, signal: AbortSignal | undefined, attempt: () => Promise<StoreAttempt>): Promise<Admission> {
     const deadline = now() + settings.maxWaitMs;
     let why = 'busy';
     for (;;) {
-      if (signal?.aborted) return refusal(`delivery interrupted by shutdown while waiting for a ${what} slot for ${destination.key}`);
-      const backoff = localBackoff(destination);
+      if (signal?.aborted) return refusal(`delivery interrupted by shutdown while waiting for a ${what} slot for ${bucket.key}`);
+      const backoff = localBackoff(bucket);
       let waitMs: number;
       if (backoff.reply) {
         // The destination's own words stay the recipients' reason (and the bounce's diagnostic).
@@ -203,122 +171,37 @@ export function createLimiter(settings: LimitSettings, options: { logger: Logger
         }
       }
       const left = deadline - now();
-      if (waitMs > left) return refusal(`hedwig: ${what} limit for ${destination.key}: ${why}; not within ${settings.maxWaitMs} ms`);
+      if (waitMs > left) return refusal(`hedwig: ${what} limit for ${bucket.key}: ${why}; not within ${settings.maxWaitMs} ms`);
       await sleep(waitMs, signal);
     }
   }
 
-  /** Takes a token job from `tube`: a ready one (left over) or one of our own. Null when another worker took ours first. */
-  function takeToken(tube: string): Promise<ReservedJob | null> {
-    return exclusive(async () => {
-      const beanstalk = await ready();
-      if (beanstalk.tubesWatched.length !== 1 || beanstalk.tubesWatched[0] !== tube) await beanstalk.watchOnly(tube);
-      const leftover = await beanstalk.reserve(0);
-      if (leftover) return leftover;
-      if (beanstalk.tubeUsed !== tube) await beanstalk.use(tube);
-      await beanstalk.put(TOKEN, { ttrSeconds: TOKEN_TTR_SECONDS });
-      return beanstalk.reserve(0);
-    });
-  }
-
-  function holdToken(token: ReservedJob): () => void {
-    // Touch well before the TTR: an expired reservation would free the slot of a live connection.
-    const timer = setInterval(() => {
-      token.touch().catch(() => undefined);
-    }, (TOKEN_TTR_SECONDS * 1000) / 3);
-    timer.unref();
-    let released = false;
-    return () => {
-      if (released) return;
-      released = true;
-      clearInterval(timer);
-      // If the connection to beanstalkd is gone, so is the reservation: nothing to give back.
-      token.delete().catch(() => undefined);
-    };
-  }
-
-  async function connectionAttempt(destination: Destination, max: number, onContention?: () => void): Promise<Admission | { waitMs: number; why: string }> {
-    const tube = tubeName(destination, 'conn');
-    const before = await tubeStats(tube);
-    const paused = stat(before, 'pause-time-left');
-    if (paused > 0) return { waitMs: paused * 1000, why: 'backing off (shared) after a 421 / too many connections reply' };
-    if (stat(before, 'current-jobs-reserved') >= max) {
-      onContention?.();
-      return { waitMs: retryDelay(100), why: `all ${max} connection slots in use` };
-    }
-    const token = await takeToken(tube);
-    if (!token) return { waitMs: retryDelay(RETRY_MIN_MS), why: 'slot taken concurrently' };
-    let holders: number;
-    try {
-      holders = stat(await tubeStats(tube), 'current-jobs-reserved');
-    } catch (err) {
-      await token.delete().catch(() => undefined);
-      throw err;
-    }
-    if (holders <= max) return { ok: true, release: holdToken(token) };
-    await token.delete().catch(() => undefined);
-    onContention?.();
-    return { waitMs: retryDelay(50), why: `all ${max} connection slots in use` };
-  }
-
-  async function messageAttempt(destination: Destination, perWindow: number): Promise<Admission | { waitMs: number; why: string }> {
-    const tube = tubeName(destination, 'rate');
-    const pollMs = retryDelay((settings.windowSeconds * 1000) / perWindow / 2);
-    const before = await tubeStats(tube);
-    const paused = stat(before, 'pause-time-left');
-    if (paused > 0) return { waitMs: paused * 1000, why: 'backing off (shared) after a 421 / too many connections reply' };
-    if (stat(before, 'current-jobs-delayed') >= perWindow) return { waitMs: pollMs, why: `${perWindow} messages in the last ${settings.windowSeconds} s` };
-    const id = await exclusive(async () => {
-      const beanstalk = await ready();
-      if (beanstalk.tubeUsed !== tube) await beanstalk.use(tube);
-      const recordId = await beanstalk.put(RECORD, { delaySeconds: settings.windowSeconds, ttrSeconds: 1 });
-      // Sweep records that left the window (they became ready); two per message keeps the tube small.
-      for (let i = 0; i < 2; i++) {
-        const expired = await beanstalk.peekReady();
-        if (!expired) break;
-        await beanstalk.deleteJob(expired.id).catch(() => undefined);
-      }
-      return recordId;
-    });
-    const inWindow = stat(await tubeStats(tube), 'current-jobs-delayed');
-    if (inWindow <= perWindow) return { ok: true, release: () => {} };
-    await client!.deleteJob(id).catch(() => undefined);
-    return { waitMs: pollMs, why: `${perWindow} messages in the last ${settings.windowSeconds} s` };
-  }
-
   return {
-    destinationFor: (domain, mxNames) => destinationFor(settings, domain, mxNames),
+    bucketFor: (domain, mxNames) => bucketFor(settings, domain, mxNames),
 
-    async connectionSlot(destination, signal, onContention) {
-      const max = destination.limit.maxConnections;
-      if (max === undefined || !client) {
-        return admit(destination, 'connection', signal, async () => ({ ok: true, release: () => {} }));
-      }
-      return admit(destination, 'connection', signal, () => connectionAttempt(destination, max, onContention));
+    async connectionSlot(bucket, signal, onContention) {
+      const max = bucket.limit.maxConnections;
+      if (max === undefined || !store) return admit(bucket, 'connection', signal, async () => ADMITTED);
+      return admit(bucket, 'connection', signal, () => store.connectionSlot(bucket.key, max, onContention));
     },
 
-    async messageSlot(destination, signal) {
-      const perMinute = destination.limit.messagesPerMinute;
-      if (perMinute === undefined || !client) return admit(destination, 'message', signal, async () => ({ ok: true, release: () => {} }));
+    async messageSlot(bucket, signal) {
+      const perMinute = bucket.limit.messagesPerMinute;
+      if (perMinute === undefined || !store) return admit(bucket, 'message', signal, async () => ADMITTED);
       const perWindow = Math.max(1, Math.floor((perMinute * settings.windowSeconds) / 60));
-      return admit(destination, 'message', signal, () => messageAttempt(destination, perWindow));
+      return admit(bucket, 'message', signal, () => store.messageSlot(bucket.key, perWindow, settings.windowSeconds));
     },
 
-    backOff(destination, reply) {
+    backOff(bucket, reply) {
       const seconds = settings.backoffSeconds;
       if (seconds <= 0) return;
-      backoffUntil.set(destination.key, { until: now() + seconds * 1000, reply });
-      log.warn({ event: 'destination_backoff', destination: destination.key, seconds, response: reply.response }, 'destination asked us to slow down');
-      if (!client || !limited(destination)) return;
-      for (const kind of ['conn', 'rate'] as const) {
-        ready()
-          .then((beanstalk) => beanstalk.pauseTube(tubeName(destination, kind), seconds))
-          .catch(() => undefined); // NOT_FOUND: that limit is not in use; unreachable: the local back-off still holds
-      }
+      backoffUntil.set(bucket.key, { until: now() + seconds * 1000, reply });
+      log.warn({ event: 'destination_backoff', destination: bucket.key, seconds, response: reply.response }, 'destination asked us to slow down');
+      if (store && limited(bucket)) store.pause(bucket.key, seconds);
     },
 
     async close() {
-      await client?.close();
+      await store?.close();
     },
   };
 }

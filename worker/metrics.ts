@@ -1,4 +1,13 @@
-import { Counter, Histogram, type Registry } from 'prom-client';
+import { Counter, Gauge, Histogram, type Registry } from 'prom-client';
+import { BeanstalkClient } from '../shared/beanstalk.ts';
+import type { HostPort } from '../shared/host-port.ts';
+import { TUBE_STATES, tubeCounts } from '../shared/tube-stats.ts';
+
+/**
+ * Every metric of the worker, declared once (the README's metrics table lists them). Each
+ * is looked up before it is created, so several workers in one process (tests) can share
+ * a registry.
+ */
 
 export type DeliveryOutcome = 'delivered' | 'deferred' | 'bounced' | 'expired';
 
@@ -7,46 +16,169 @@ export interface WorkerMetrics {
   deliveries: Counter<'outcome'>;
   /** One destination domain: MX lookup plus the SMTP transaction(s). */
   deliveryDuration: Histogram;
+  /** Accepted by hedwig (the post office's receivedAt) to delivered, per recipient. */
+  deliveryLatency: Histogram;
   smtpConnections: Counter;
-  /** Jobs that could not be decoded and were buried. */
+  /** SMTP transactions by TLS use and by whether the connection was new or reused. */
+  smtpTransactions: Counter<'tls' | 'connection'>;
+  dkimSignatures: Counter<'result'>;
+  /** Jobs buried for an operator (undecodable, reserved too often, an outcome too big). */
   buriedJobs: Counter;
   /** Delivery status notifications queued for senders: failure, delay. */
   notices: Counter<'kind'>;
+  webhookEvents: Counter<'type'>;
+  webhookDeliveries: Counter<'result'>;
+  statusUpdates: Counter<'result'>;
 }
 
-/** Looked up before being created so several workers (tests) can share one registry. */
+function metric<T>(registry: Registry, name: string, create: (registers: Registry[]) => T): T {
+  return (registry.getSingleMetric(name) as T | undefined) ?? create([registry]);
+}
+
 export function createWorkerMetrics(registry: Registry): WorkerMetrics {
-  const existing = <T>(name: string) => registry.getSingleMetric(name) as T | undefined;
   return {
-    deliveries:
-      existing<Counter<'outcome'>>('hedwig_worker_deliveries_total') ??
-      new Counter({
-        name: 'hedwig_worker_deliveries_total',
-        help: 'Recipient outcomes per delivery attempt: delivered, deferred, bounced, expired.',
-        labelNames: ['outcome'],
-        registers: [registry],
-      }),
-    deliveryDuration:
-      existing<Histogram>('hedwig_worker_delivery_duration_seconds') ??
-      new Histogram({
-        name: 'hedwig_worker_delivery_duration_seconds',
-        help: 'Time to deliver to one destination domain, MX lookup included.',
-        buckets: [0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300],
-        registers: [registry],
-      }),
-    smtpConnections:
-      existing<Counter>('hedwig_worker_smtp_connections_total') ??
-      new Counter({ name: 'hedwig_worker_smtp_connections_total', help: 'SMTP connections opened to receiving servers.', registers: [registry] }),
-    buriedJobs:
-      existing<Counter>('hedwig_worker_buried_jobs_total') ??
-      new Counter({ name: 'hedwig_worker_buried_jobs_total', help: 'Jobs that could not be decoded and were buried for an operator.', registers: [registry] }),
-    notices:
-      existing<Counter<'kind'>>('hedwig_worker_notices_total') ??
-      new Counter({
-        name: 'hedwig_worker_notices_total',
-        help: 'Delivery status notifications (RFC 3464) queued for senders: failure (bounced or expired recipients), delay (warning).',
-        labelNames: ['kind'],
-        registers: [registry],
-      }),
+    deliveries: metric(
+      registry,
+      'hedwig_worker_deliveries_total',
+      (registers) =>
+        new Counter({
+          name: 'hedwig_worker_deliveries_total',
+          help: 'Recipient outcomes per delivery attempt: delivered, deferred, bounced, expired.',
+          labelNames: ['outcome'],
+          registers,
+        }),
+    ),
+    deliveryDuration: metric(
+      registry,
+      'hedwig_worker_delivery_duration_seconds',
+      (registers) =>
+        new Histogram({
+          name: 'hedwig_worker_delivery_duration_seconds',
+          help: 'Time to deliver to one destination domain, MX lookup included.',
+          buckets: [0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300],
+          registers,
+        }),
+    ),
+    deliveryLatency: metric(
+      registry,
+      'hedwig_worker_delivery_latency_seconds',
+      (registers) =>
+        new Histogram({
+          name: 'hedwig_worker_delivery_latency_seconds',
+          help: 'Per delivered recipient: from acceptance by the post office to the 250 of the receiving server, retries included.',
+          buckets: [0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 1800, 3600, 7200, 21_600, 86_400, 432_000],
+          registers,
+        }),
+    ),
+    smtpConnections: metric(
+      registry,
+      'hedwig_worker_smtp_connections_total',
+      (registers) => new Counter({ name: 'hedwig_worker_smtp_connections_total', help: 'SMTP connections opened to receiving servers.', registers }),
+    ),
+    smtpTransactions: metric(
+      registry,
+      'hedwig_worker_smtp_transactions_total',
+      (registers) =>
+        new Counter({
+          name: 'hedwig_worker_smtp_transactions_total',
+          help: 'SMTP transactions started, by TLS use (true/false) and connection (new/reused).',
+          labelNames: ['tls', 'connection'],
+          registers,
+        }),
+    ),
+    dkimSignatures: metric(
+      registry,
+      'hedwig_worker_dkim_signatures_total',
+      (registers) =>
+        new Counter({
+          name: 'hedwig_worker_dkim_signatures_total',
+          help: 'Messages prepared for a destination, by DKIM result: signed, unsigned (no key for the sender domain).',
+          labelNames: ['result'],
+          registers,
+        }),
+    ),
+    buriedJobs: metric(
+      registry,
+      'hedwig_worker_buried_jobs_total',
+      (registers) => new Counter({ name: 'hedwig_worker_buried_jobs_total', help: 'Jobs that could not be decoded and were buried for an operator.', registers }),
+    ),
+    notices: metric(
+      registry,
+      'hedwig_worker_notices_total',
+      (registers) =>
+        new Counter({
+          name: 'hedwig_worker_notices_total',
+          help: 'Delivery status notifications (RFC 3464) queued for senders: failure (bounced or expired recipients), delay (warning).',
+          labelNames: ['kind'],
+          registers,
+        }),
+    ),
+    webhookEvents: metric(
+      registry,
+      'hedwig_worker_webhook_events_total',
+      (registers) => new Counter({ name: 'hedwig_worker_webhook_events_total', help: 'Delivery events queued for the webhook, by type.', labelNames: ['type'], registers }),
+    ),
+    webhookDeliveries: metric(
+      registry,
+      'hedwig_worker_webhook_deliveries_total',
+      (registers) =>
+        new Counter({
+          name: 'hedwig_worker_webhook_deliveries_total',
+          help: 'Webhook requests by result: delivered (2xx), failed (retried later), gave_up (older than maxAgeSeconds; buried).',
+          labelNames: ['result'],
+          registers,
+        }),
+    ),
+    statusUpdates: metric(
+      registry,
+      'hedwig_worker_status_updates_total',
+      (registers) =>
+        new Counter({
+          name: 'hedwig_worker_status_updates_total',
+          help: 'Message status updates for the post office, by result: sent, skipped (no post office watches the status tube), failed.',
+          labelNames: ['result'],
+          registers,
+        }),
+    ),
+  };
+}
+
+/**
+ * `hedwig_queue_jobs{server, tube, state}`: jobs per beanstalkd server, tube and state,
+ * read with `stats-tube` at scrape time. It has its own connection per server: a reserve
+ * loop's connection is busy with a blocking reserve, and a scrape must not wait for it.
+ * An unreachable server is left out of the scrape (its series disappear), which is what
+ * an alert on `absent()` or on the worker's readiness can catch.
+ */
+export function registerQueueDepth(registry: Registry, servers: readonly HostPort[], tubes: string[]): { close(): Promise<void> } {
+  const clients = servers.map((address) => new BeanstalkClient(address, { commandTimeoutMs: 2000, connectTimeoutMs: 2000 }));
+  const name = 'hedwig_queue_jobs';
+  registry.removeSingleMetric(name);
+  new Gauge({
+    name,
+    help: 'Jobs in beanstalkd per server, tube and state (ready, delayed, reserved, buried), read at scrape time.',
+    labelNames: ['server', 'tube', 'state'],
+    registers: [registry],
+    async collect() {
+      this.reset();
+      await Promise.all(
+        clients.map(async (client) => {
+          try {
+            await client.connect();
+            for (const tube of tubes) {
+              const counts = await tubeCounts(client, tube);
+              for (const state of TUBE_STATES) this.set({ server: client.server, tube, state }, counts[state]);
+            }
+          } catch {
+            // Unreachable now: no series for this server in this scrape.
+          }
+        }),
+      );
+    },
+  });
+  return {
+    async close() {
+      await Promise.all(clients.map((client) => client.close()));
+    },
   };
 }

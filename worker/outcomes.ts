@@ -5,8 +5,8 @@ import type { OutboundJob } from '../shared/job.ts';
 import type { Logger } from '../shared/logger.ts';
 import { STATUS_TUBE, type RecipientStatus, type StatusUpdate } from '../shared/message-status.ts';
 import { recipientHash } from '../shared/webhook-signature.ts';
-import type { RecipientResult } from './deliver.ts';
-import type { OperationsMetrics } from './ops-metrics.ts';
+import type { RecipientResult } from './classify.ts';
+import type { WorkerMetrics } from './metrics.ts';
 import type { Settlement } from './settle.ts';
 import type { DeliveryEvent, EventType, QueuedEvent, WebhookConfig } from './webhook.ts';
 
@@ -27,7 +27,7 @@ export interface OutcomeRecorder {
 
 export interface OutcomeOptions {
   logger: Logger;
-  metrics: OperationsMetrics;
+  metrics: WorkerMetrics;
   webhook?: Pick<WebhookConfig, 'tube' | 'events' | 'hashRecipients' | 'secret'>;
   statusTube?: string;
   /** How long "does a post office watch the status tube?" is remembered per connection. */

@@ -1,4 +1,5 @@
 import { domainOf } from '../shared/address.ts';
+import type { Failed } from '../shared/errors.ts';
 import { comparableDomain, fieldAddresses } from '../shared/header-addresses.ts';
 import { domainAllowed } from '../shared/job.ts';
 import { keysFor, signMessage, type DkimKey, type DkimKeys } from './dkim.ts';
@@ -23,7 +24,8 @@ export interface OutgoingSettings {
   received: boolean;
 }
 
-export interface OutgoingMessage {
+/** The message as it was queued, with what preparing it needs to know. */
+export interface QueuedMessage {
   /** hedwig's message id. */
   messageId: string;
   /** Envelope sender; '' for the null reverse-path. */
@@ -42,7 +44,7 @@ export interface OutgoingMessage {
 
 export type Prepared =
   | { ok: true; raw: Buffer; signedBy?: Array<{ domain: string; selector: string; algorithm: DkimKey['algorithm'] }> }
-  | { ok: false; code: 'DKIM_SIGN_FAILED'; message: string };
+  | Failed<'DKIM_SIGN_FAILED'>;
 
 export function signingDomainOf(from: string, settings: Pick<OutgoingSettings, 'hostname' | 'nullSenderDomain'>): string {
   return from === '' ? (settings.nullSenderDomain ?? settings.hostname) : domainOf(from);
@@ -64,7 +66,7 @@ function authorDomain(raw: Buffer): string | undefined {
  *   use it), or a parent domain's keys only when the host may use the parent too;
  * - a client's null-sender mail: its From domain when the host may use it, else unsigned.
  */
-export function signingKeysFor(message: Pick<OutgoingMessage, 'from' | 'raw' | 'notice' | 'senderDomains'>, settings: OutgoingSettings): readonly DkimKey[] {
+export function signingKeysFor(message: Pick<QueuedMessage, 'from' | 'raw' | 'notice' | 'senderDomains'>, settings: OutgoingSettings): readonly DkimKey[] {
   if (message.notice) return settings.nullSenderDomain === undefined ? [] : keysFor(settings.dkim, settings.nullSenderDomain);
   const mayUse = (domain: string) => domainAllowed(domain, message.senderDomains);
   const domain = message.from === '' ? authorDomain(message.raw) : domainOf(message.from);
@@ -72,7 +74,12 @@ export function signingKeysFor(message: Pick<OutgoingMessage, 'from' | 'raw' | '
   return keysFor(settings.dkim, domain, mayUse);
 }
 
-export async function prepareMessage(message: OutgoingMessage, settings: OutgoingSettings): Promise<Prepared> {
+/** The identity settings from the config: the worker's name, the keys, who signs the worker's notices (their From domain). */
+export function outgoingSettingsFrom(config: { ehloName: string; noticesFrom: string; dkim: DkimKeys; received: boolean }): OutgoingSettings {
+  return { hostname: config.ehloName, dkim: config.dkim, nullSenderDomain: domainOf(config.noticesFrom), received: config.received };
+}
+
+export async function prepareMessage(message: QueuedMessage, settings: OutgoingSettings): Promise<Prepared> {
   const edited = editHeaders(normalizeLineEnds(message.raw), {
     messageId: message.messageId,
     messageIdDomain: signingDomainOf(message.from, settings),

@@ -1,4 +1,5 @@
-import type SMTPConnection from 'nodemailer/lib/smtp-connection';
+import { z } from 'zod';
+import type { SmtpSession } from './smtp-session.ts';
 
 /**
  * Idle SMTP connections kept for the next message to the same server from the same
@@ -6,21 +7,27 @@ import type SMTPConnection from 'nodemailer/lib/smtp-connection';
  * it is closed after `maxMessagesPerConnection` messages or `idleTimeoutMs` unused.
  *
  * nodemailer's SMTPPool is not used: it serves one configured host, picks its own
- * connection per message, and would hide where a failure happened (see deliver.ts).
+ * connection per message, and would hide where a failure happened (see smtp-session.ts).
  */
 
-export interface PoolSettings {
-  maxMessagesPerConnection: number;
-  /** 0 disables reuse. */
-  idleTimeoutMs: number;
-}
+/** `connections`: reuse of SMTP connections. */
+export const connectionsSchema = z
+  .object({
+    maxMessagesPerConnection: z.number().int().min(1).default(100),
+    /** How long a connection waits unused for the next message; 0 disables reuse. Postfix's smtp_connection_cache_time_limit is 2 s. */
+    idleTimeoutMs: z.number().int().nonnegative().default(2000),
+  })
+  .strict()
+  .prefault({});
+
+export type PoolSettings = z.infer<typeof connectionsSchema>;
 
 export interface PooledConnection {
-  readonly connection: SMTPConnection;
+  readonly session: SmtpSession;
   /** Server, port, source address, EHLO name and TLS options: what must match for reuse. */
   readonly key: string;
-  /** The destination whose limits this connection counts against (limits.ts). */
-  readonly destination: string | undefined;
+  /** The key of the limit bucket this connection counts against (limits.ts). */
+  readonly bucket: string | undefined;
   /** Transactions started on it. */
   messages: number;
   readonly closed: boolean;
@@ -39,13 +46,13 @@ export interface ConnectionPool {
    * Registers a freshly opened connection; `onClosed` runs once when it closes for any
    * reason (the server hung up, idle timeout, quit, close) — the place to release a lease.
    */
-  track(connection: SMTPConnection, key: string, destination: string | undefined, onClosed?: () => void): PooledConnection;
+  track(session: SmtpSession, key: string, bucket: string | undefined, onClosed?: () => void): PooledConnection;
   /** After a transaction: keep it for the next message, or QUIT when it has served enough. */
   give(pooled: PooledConnection): void;
   /** Drops the connection (QUIT when polite, else a hard close). */
   discard(pooled: PooledConnection, how: 'quit' | 'close'): void;
-  /** Closes idle connections (to one destination, or all): frees their connection slots. */
-  closeIdle(destination?: string): number;
+  /** Closes idle connections (of one limit bucket, or all): frees their connection slots. */
+  closeIdle(bucket?: string): number;
   readonly idleCount: number;
 }
 
@@ -72,8 +79,8 @@ export function createConnectionPool(settings: PoolSettings): ConnectionPool {
   function discard(pooled: PooledConnection, how: 'quit' | 'close'): void {
     const entry = pooled as Entry;
     if (entry.closed) return;
-    if (how === 'quit') entry.connection.quit();
-    else entry.connection.close();
+    if (how === 'quit') entry.session.quit();
+    else entry.session.close();
     // The slot is free from our side now, whether or not the server acknowledges QUIT.
     markClosed(entry);
   }
@@ -91,9 +98,9 @@ export function createConnectionPool(settings: PoolSettings): ConnectionPool {
       return undefined;
     },
 
-    track(connection, key, destination, onClosed) {
-      const entry: Entry = { connection, key, destination, messages: 0, closed: false, onClosed: onClosed ? [onClosed] : [] };
-      connection.once('end', () => markClosed(entry));
+    track(session, key, bucket, onClosed) {
+      const entry: Entry = { session, key, bucket, messages: 0, closed: false, onClosed: onClosed ? [onClosed] : [] };
+      session.onClosed(() => markClosed(entry));
       return entry;
     },
 
@@ -114,11 +121,11 @@ export function createConnectionPool(settings: PoolSettings): ConnectionPool {
 
     discard,
 
-    closeIdle(destination) {
+    closeIdle(bucket) {
       let closed = 0;
       for (const list of [...idle.values()]) {
         for (const entry of [...list]) {
-          if (destination === undefined || entry.destination === destination) {
+          if (bucket === undefined || entry.bucket === bucket) {
             discard(entry, 'quit');
             closed++;
           }

@@ -1,19 +1,28 @@
 import type { Registry } from 'prom-client';
 import { BeanstalkClient } from '../shared/beanstalk.ts';
-import type { Logger } from '../shared/logger.ts';
-import { createRegistry, startOpsServer, type OpsServer } from '../shared/ops-server.ts';
-import type { WorkerConfig } from './config.ts';
-import { createDeliverer } from './deliver.ts';
-import { limitSettingsFrom, outgoingSettingsFrom, shapingSettingsFrom } from './identity-config.ts';
-import { createLimiter } from './limits.ts';
-import { unusableSourceAddresses } from './source-ip.ts';
 import { HedwigError } from '../shared/errors.ts';
 import { formatHostPort } from '../shared/host-port.ts';
 import { JOB_TTR_SECONDS } from '../shared/job.ts';
-import { createWorkerMetrics } from './metrics.ts';
-import { createMxResolver } from './mx.ts';
-import { startOperations } from './operations.ts';
-import { runDeliveryLoop, type WorkerDeps } from './worker.ts';
+import type { Logger } from '../shared/logger.ts';
+import { createRegistry, startOpsServer, type OpsServer } from '../shared/ops-server.ts';
+import { readConfiguredFiles, type ConfiguredFiles, type WorkerConfig } from './config.ts';
+import { createDeliverer } from './deliver.ts';
+import { runDeliveryLoop, type WorkerDeps } from './handle-job.ts';
+import { createLimiter, limitSettingsFrom } from './limits.ts';
+import { createWorkerMetrics, registerQueueDepth } from './metrics.ts';
+import { noticesFrom } from './notices.ts';
+import { createOutcomeRecorder } from './outcomes.ts';
+import { outgoingSettingsFrom } from './outgoing.ts';
+import { createRouteResolver } from './route.ts';
+import { unusableSourceAddresses } from './source-ip.ts';
+import { tlsPolicySettingsFrom } from './tls-policy.ts';
+import { runWebhookLoop } from './webhook.ts';
+
+/**
+ * Start-up: turns the config into the running worker. One delivery loop per reserve
+ * connection (handle-job.ts), the ops server (/metrics, /healthz, /readyz) and, with a
+ * webhook, one event dispatcher per beanstalkd server (webhook.ts).
+ */
 
 export interface RunningWorker {
   opsPort: number;
@@ -28,8 +37,9 @@ function delay(ms: number): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, ms).unref());
 }
 
-export async function startWorker(config: WorkerConfig, options: { logger: Logger; registry?: Registry }): Promise<RunningWorker> {
+export async function startWorker(config: WorkerConfig, options: { logger: Logger; registry?: Registry; files?: ConfiguredFiles }): Promise<RunningWorker> {
   const { logger } = options;
+  const files = options.files ?? readConfiguredFiles(config, '(config)');
   const unusable = await unusableSourceAddresses(config.source.addresses.map((a) => a.address));
   if (unusable.length > 0) {
     throw new HedwigError('STARTUP_FAILED', `source.addresses: this host cannot send from ${unusable.map((u) => `${u.address} (${u.reason})`).join(', ')}`);
@@ -38,10 +48,13 @@ export async function startWorker(config: WorkerConfig, options: { logger: Logge
   const metrics = createWorkerMetrics(registry);
   const abortDeliveries = new AbortController();
   const stopping = new AbortController();
-  const operations = startOperations(config, { registry, logger, stopping: stopping.signal });
+  const servers = config.beanstalk.servers;
+  const webhook = files.webhook;
+  const queueDepth = registerQueueDepth(registry, servers, [config.beanstalk.tube, config.beanstalk.failedTube, ...(webhook ? [webhook.tube] : [])]);
+  const from = noticesFrom(config.bounces, config.ehloName);
 
   const deps: WorkerDeps = {
-    resolver: createMxResolver({
+    router: createRouteResolver({
       servers: config.dns.servers,
       timeoutMs: config.dns.timeoutMs,
       cacheMaxSeconds: config.dns.cacheMaxSeconds,
@@ -54,31 +67,39 @@ export async function startWorker(config: WorkerConfig, options: { logger: Logge
       timeouts: config.timeouts,
       logger,
       onConnection: () => metrics.smtpConnections.inc(),
-      onTransaction: (info) => operations.onTransaction(info),
+      onTransaction: ({ tls, dkimSigned, reused }) => {
+        metrics.smtpTransactions.inc({ tls: String(tls), connection: reused ? 'reused' : 'new' });
+        metrics.dkimSignatures.inc({ result: dkimSigned ? 'signed' : 'unsigned' });
+      },
       signal: abortDeliveries.signal,
-      outgoing: outgoingSettingsFrom(config),
-      ...shapingSettingsFrom(config),
-      limiter: createLimiter(limitSettingsFrom(config), { logger }),
+      outgoing: outgoingSettingsFrom({ ehloName: config.ehloName, noticesFrom: from, dkim: files.dkim, received: config.headers.received }),
+      tls: tlsPolicySettingsFrom(config.tls, files.tlsCa),
+      source: config.source,
+      connections: config.connections,
+      limiter: createLimiter(limitSettingsFrom(config.limits, servers), { logger }),
     }),
     metrics,
     logger,
     policy: config.retry,
     tubes: { outbound: config.beanstalk.tube, failed: config.beanstalk.failedTube },
     ttrSeconds: JOB_TTR_SECONDS,
-    outcomes: operations.outcomes,
-    notices: {
-      enabled: config.bounces.enabled,
-      from: config.bounces.from ?? `MAILER-DAEMON@${config.ehloName}`,
-      reportingMta: config.ehloName,
-      delayWarningSeconds: config.bounces.delayWarningSeconds,
-    },
+    outcomes: createOutcomeRecorder({ logger, metrics, ...(webhook ? { webhook } : {}) }),
+    notices: { enabled: config.bounces.enabled, from, reportingMta: config.ehloName, delayWarningSeconds: config.bounces.delayWarningSeconds },
   };
 
   // One connection per reserve loop; every server gets at least one loop.
-  const servers = config.beanstalk.servers;
   const loopCount = Math.max(config.concurrency, servers.length);
   const clients = Array.from({ length: loopCount }, (_, i) => new BeanstalkClient(servers[i % servers.length]!));
   const loops = clients.map((client) => runDeliveryLoop(client, deps, stopping.signal));
+  const webhookClients = webhook ? servers.map((address) => new BeanstalkClient(address)) : [];
+  const webhookLoops = webhook ? webhookClients.map((client) => runWebhookLoop(client, { config: webhook, logger, metrics }, stopping.signal)) : [];
+
+  async function stopOperations(): Promise<void> {
+    // An event being posted returns to the queue when its connection closes.
+    await Promise.all(webhookClients.map((client) => client.close()));
+    await Promise.all(webhookLoops);
+    await queueDepth.close();
+  }
 
   let ops: OpsServer;
   try {
@@ -88,7 +109,7 @@ export async function startWorker(config: WorkerConfig, options: { logger: Logge
     abortDeliveries.abort();
     await Promise.all(clients.map((c) => c.close()));
     await Promise.all(loops);
-    await operations.stop();
+    await stopOperations();
     throw err;
   }
   logger.info(
@@ -111,7 +132,7 @@ export async function startWorker(config: WorkerConfig, options: { logger: Logge
     await allLoops;
     // Idle SMTP connections (QUIT) and the limits connection (frees any slot still held).
     await deps.deliverer.close?.();
-    await operations.stop();
+    await stopOperations();
     await ops.stop();
   }
 

@@ -1,5 +1,6 @@
+import { z } from 'zod';
 import type { FailedJob, Failure, OutboundJob } from '../shared/job.ts';
-import type { RecipientResult } from './deliver.ts';
+import type { RecipientResult } from './classify.ts';
 
 /**
  * What to do with a job once every recipient has a verdict from this attempt: which
@@ -11,11 +12,22 @@ import type { RecipientResult } from './deliver.ts';
  * forgot to report is retried, never dropped.
  */
 
-export interface RetryPolicy {
-  /** Delay after the n-th failed attempt is delaysSeconds[n-1]; the last value repeats. */
-  delaysSeconds: number[];
-  maxLifetimeSeconds: number;
-}
+/** `retry`: the schedule of a deferred recipient. */
+export const retrySchema = z
+  .object({
+    /**
+     * Delay before attempt n+1 after attempt n failed temporarily; the last value repeats.
+     * RFC 5321 §4.5.4.1: a first retry within minutes, then 30 minutes or more apart.
+     */
+    delaysSeconds: z.array(z.number().int().positive()).min(1).default([300, 1800, 3600, 7200, 14400]),
+    /** RFC 5321 §4.5.4.1: give up after 4-5 days. */
+    maxLifetimeSeconds: z.number().int().positive().default(432_000),
+  })
+  .strict()
+  .prefault({});
+
+/** Delay after the n-th failed attempt is delaysSeconds[n-1]; the last value repeats. */
+export type RetryPolicy = z.infer<typeof retrySchema>;
 
 export interface Settlement {
   delivered: RecipientResult[];

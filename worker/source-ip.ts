@@ -1,4 +1,6 @@
 import { isIP } from 'node:net';
+import { z } from 'zod';
+import { domainName } from '../shared/job.ts';
 
 /**
  * Which local address (and with it which EHLO name) a connection leaves from. Each
@@ -11,18 +13,36 @@ import { isIP } from 'node:net';
  * the whole pool when every address is bound.
  */
 
-export interface SourceAddress {
-  address: string;
-  ehloName: string;
-  weight: number;
-}
+const ipLiteral = z.string().refine((value) => isIP(value) !== 0, { message: 'expected an IP address' });
+const hostName = z.string().regex(/^[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$/, {
+  message: 'expected a host name',
+});
 
-export interface SourceSettings {
-  addresses: SourceAddress[];
-  selection: 'round-robin' | 'weighted';
-  /** Sender domain (lower case) -> addresses of the pool it sends from. */
-  senderDomains: Readonly<Record<string, string[]>>;
-}
+/** `source`: local addresses to send from, each with its EHLO name. */
+export const sourceSchema = z
+  .object({
+    addresses: z.array(z.object({ address: ipLiteral, ehloName: hostName, weight: z.number().int().min(1).max(1000).default(1) }).strict()).default([]),
+    selection: z.enum(['round-robin', 'weighted']).default('round-robin'),
+    /** Sender domain -> the pool addresses its mail leaves from. */
+    senderDomains: z.record(domainName, z.array(ipLiteral).min(1)).default({}),
+  })
+  .strict()
+  .superRefine((source, ctx) => {
+    const pool = new Set<string>();
+    for (const [i, entry] of source.addresses.entries()) {
+      if (pool.has(entry.address)) ctx.addIssue({ code: 'custom', path: ['addresses', i, 'address'], message: `${entry.address} is listed twice` });
+      pool.add(entry.address);
+    }
+    for (const [domain, addresses] of Object.entries(source.senderDomains)) {
+      for (const [i, address] of addresses.entries()) {
+        if (!pool.has(address)) ctx.addIssue({ code: 'custom', path: ['senderDomains', domain, i], message: `${address} is not in source.addresses` });
+      }
+    }
+  })
+  .prefault({});
+
+export type SourceSettings = z.infer<typeof sourceSchema>;
+export type SourceAddress = SourceSettings['addresses'][number];
 
 export interface Source {
   /** Unset: the operating system chooses (no pool configured). */

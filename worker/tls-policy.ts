@@ -1,6 +1,10 @@
-import type { ConnectionOptions } from 'node:tls';
+import { readFileSync } from 'node:fs';
 import { isIP } from 'node:net';
-import type { Verdict } from './classify.ts';
+import type { ConnectionOptions } from 'node:tls';
+import { z } from 'zod';
+import { domainName } from '../shared/job.ts';
+import { classifyError, type Verdict } from './classify.ts';
+import type { SessionOptions, SmtpFailure } from './smtp-session.ts';
 
 /**
  * TLS towards receiving servers, per destination domain, in Postfix's terms:
@@ -10,9 +14,28 @@ import type { Verdict } from './classify.ts';
  *  - encrypt: STARTTLS required, any certificate; no TLS means no delivery (deferred);
  *  - verify:  STARTTLS required and the certificate must chain to a trusted CA and name
  *             the MX host.
+ *
+ * The delivery path asks this module twice per connection (connection.ts): `decide`
+ * before it opens one (the mode and the STARTTLS options), and `afterHandshakeFailure`
+ * when the handshake failed (try again in plaintext, or the recipients' verdict). A
+ * policy source such as MTA-STS or DANE plugs in there.
  */
 export const TLS_MODES = ['none', 'may', 'encrypt', 'verify'] as const;
 export type TlsMode = (typeof TLS_MODES)[number];
+
+/** `tls`: the policy; `caFile` is read at start-up (loadTrustAnchors), not while parsing. */
+export const tlsSchema = z
+  .object({
+    policy: z.enum(TLS_MODES).default('may'),
+    /** Recipient domain -> none | may | encrypt | verify. */
+    domains: z.record(domainName, z.enum(TLS_MODES)).default({}),
+    /** PEM trust anchors for `verify`; default: Node's bundled Mozilla CA list. */
+    caFile: z.string().min(1).optional(),
+    brokenHostMemorySeconds: z.number().int().nonnegative().default(3600),
+  })
+  .strict()
+  .prefault({});
+export type TlsConfig = z.infer<typeof tlsSchema>;
 
 export interface TlsPolicySettings {
   /** Mode for domains not listed. */
@@ -23,6 +46,22 @@ export interface TlsPolicySettings {
   ca?: Buffer;
   /** How long a host whose TLS handshake failed is spoken to in plaintext (under `may`). */
   brokenHostMemoryMs: number;
+}
+
+/** The PEM file of `tls.caFile`, checked; a problem names the key. */
+export function loadTrustAnchors(caFile: string): { ok: true; ca: Buffer } | { ok: false; message: string } {
+  let ca: Buffer;
+  try {
+    ca = readFileSync(caFile);
+  } catch (err) {
+    return { ok: false, message: `cannot read ${caFile}: ${(err as NodeJS.ErrnoException).code ?? String(err)}` };
+  }
+  if (!ca.includes('-----BEGIN CERTIFICATE-----')) return { ok: false, message: `${caFile} holds no PEM certificate` };
+  return { ok: true, ca };
+}
+
+export function tlsPolicySettingsFrom(config: TlsConfig, ca: Buffer | undefined): TlsPolicySettings {
+  return { policy: config.policy, domains: config.domains, ...(ca ? { ca } : {}), brokenHostMemoryMs: config.brokenHostMemorySeconds * 1000 };
 }
 
 export function tlsModeFor(settings: Pick<TlsPolicySettings, 'policy' | 'domains'>, domain: string): TlsMode {
@@ -109,11 +148,54 @@ export class BrokenTlsHosts {
   }
 }
 
-/** Protocol and cipher of a secured nodemailer connection, for the delivery log. */
-export function tlsDetails(socket: unknown): { tlsVersion?: string; tlsCipher?: string } {
-  const s = socket as { getProtocol?: () => string | null; getCipher?: () => { name?: string } | undefined } | null | undefined;
-  if (typeof s?.getProtocol !== 'function') return {};
-  const version = s.getProtocol() ?? undefined;
-  const cipher = typeof s.getCipher === 'function' ? s.getCipher()?.name : undefined;
-  return { ...(version ? { tlsVersion: version } : {}), ...(cipher ? { tlsCipher: cipher } : {}) };
+/** How one connection to one MX address goes about TLS. */
+export interface TlsDecision {
+  mode: TlsMode;
+  /** A `may` host whose TLS is known to be broken: no STARTTLS. */
+  plaintext: boolean;
+  /** What the session is opened with. */
+  options: SessionOptions['tls'];
+  /** Part of the connection pool key: connections made under another decision are not reused. */
+  key: string;
+}
+
+export interface TlsTarget {
+  /** Recipient domain. */
+  domain: string;
+  mxName: string;
+  address: string;
+}
+
+export interface TlsPolicy {
+  decide(target: TlsTarget): Promise<TlsDecision>;
+  /** After a failed handshake: open again with `retry` (plaintext under `may`; `failure` says what went wrong), or stop with `verdict`. */
+  afterHandshakeFailure(target: TlsTarget, decision: TlsDecision, err: SmtpFailure): { retry: TlsDecision; failure: Verdict } | { verdict: Verdict };
+}
+
+export function createTlsPolicy(settings: TlsPolicySettings, now: () => number = Date.now): TlsPolicy {
+  const broken = new BrokenTlsHosts(settings.brokenHostMemoryMs, now);
+  const decision = (mode: TlsMode, target: TlsTarget, plaintext: boolean): TlsDecision => ({
+    mode,
+    plaintext,
+    options: connectionTlsOptions(mode, target.mxName, settings, plaintext),
+    // Under verify the certificate is checked against the MX name, so the name is part of what must match.
+    key: `${mode}|${plaintext ? 'plain' : 'tls'}|${mode === 'verify' ? target.mxName : ''}`,
+  });
+  return {
+    async decide(target) {
+      const mode = tlsModeFor(settings, target.domain);
+      return decision(mode, target, mode === 'may' && broken.has(target.address));
+    },
+    afterHandshakeFailure(target, current, err) {
+      if (current.mode === 'may' && !current.plaintext && isTlsFailure(err)) {
+        // Remember the broken TLS and retry this address in plaintext right away.
+        broken.remember(target.address);
+        return { retry: decision('may', target, true), failure: classifyError(err) };
+      }
+      if ((current.mode === 'encrypt' || current.mode === 'verify') && isTlsFailure(err)) {
+        return { verdict: tlsPolicyVerdict(current.mode, target.domain, target.mxName, err) };
+      }
+      return { verdict: classifyError(err) };
+    },
+  };
 }

@@ -1,10 +1,10 @@
 import { z } from 'zod';
 import type { BeanstalkClient, ReservedJob } from '../shared/beanstalk.ts';
-import { resolveSecret } from '../shared/config.ts';
+import { readSecret, type KeyIssue } from '../shared/config.ts';
 import { errorCode, errorMessage } from '../shared/errors.ts';
 import type { Logger } from '../shared/logger.ts';
 import { webhookSignature, WEBHOOK_SIGNATURE_HEADER } from '../shared/webhook-signature.ts';
-import type { OperationsMetrics } from './ops-metrics.ts';
+import type { WorkerMetrics } from './metrics.ts';
 import { runReserveLoop } from '../shared/reserve-loop.ts';
 
 /**
@@ -37,14 +37,18 @@ export const webhookConfigSchema = z
     /** How long an event is retried before it is buried; at least an hour. */
     maxAgeSeconds: z.number().int().min(3600).default(86_400),
   })
-  .strict()
-  .transform((webhook, ctx) => {
-    const secret = resolveSecret({ inline: webhook.secret, file: webhook.secretFile }, 'secret', ctx, { minLength: MIN_SECRET_LENGTH });
-    if (secret === undefined) return z.NEVER;
-    const { secretFile: _file, ...rest } = webhook;
-    return { ...rest, secret };
-  });
-export type WebhookConfig = z.infer<typeof webhookConfigSchema>;
+  .strict();
+export type WebhookSection = z.infer<typeof webhookConfigSchema>;
+
+/** The webhook settings with the secret read (inline, or `secretFile` at start-up). */
+export type WebhookConfig = Omit<WebhookSection, 'secret' | 'secretFile'> & { secret: string };
+
+export function webhookConfigFrom(section: WebhookSection): { ok: true; config: WebhookConfig } | { ok: false; issue: KeyIssue } {
+  const read = readSecret({ inline: section.secret, file: section.secretFile }, 'secret', { minLength: MIN_SECRET_LENGTH });
+  if (!read.ok) return read;
+  const { secretFile: _file, secret: _inline, ...rest } = section;
+  return { ok: true, config: { ...rest, secret: read.secret } };
+}
 
 /** What the receiver gets: one JSON object per request. */
 export interface DeliveryEvent {
@@ -86,7 +90,7 @@ function decodeQueuedEvent(payload: Buffer): QueuedEvent | undefined {
 export interface WebhookDeps {
   config: WebhookConfig;
   logger: Logger;
-  metrics: OperationsMetrics;
+  metrics: WorkerMetrics;
   now?: () => number;
 }
 

@@ -5,7 +5,7 @@ import { startDns, type DnsServer } from '../helpers/dns.ts';
 import { freePort } from '../helpers/ports.ts';
 import { startSmtpSink, type SmtpSink } from '../helpers/smtp-sink.ts';
 import { createDeliverer, type DeliveryRequest } from '../../worker/deliver.ts';
-import { createMxResolver, type MxResolver } from '../../worker/mx.ts';
+import { createRouteResolver, type RouteResolver } from '../../worker/route.ts';
 
 /**
  * One delivery attempt for one domain, against real SMTP servers (smtp-server sinks on
@@ -26,7 +26,7 @@ describe('deliver to one domain', { timeout: 60_000 }, () => {
   let port: number;
   let primary: SmtpSink; // 127.0.0.2, preference 10 for most domains
   let secondary: SmtpSink; // 127.0.0.3, preference 20
-  let resolver: MxResolver;
+  let resolver: RouteResolver;
   const logger = pino({ level: 'silent' });
   let connections = 0;
   const deliverer = createDeliverer({
@@ -54,7 +54,7 @@ describe('deliver to one domain', { timeout: 60_000 }, () => {
       },
       hosts: { 'mx1.dest.test': ['127.0.0.2'], 'mx2.dest.test': ['127.0.0.3'], 'dead.down.test': ['127.0.0.4'] },
     });
-    resolver = createMxResolver({ servers: [dns.server], timeoutMs: 2000, routes: {}, smtpPort: port, allowPrivateAddresses: true });
+    resolver = createRouteResolver({ servers: [dns.server], timeoutMs: 2000, routes: {}, smtpPort: port, allowPrivateAddresses: true });
   });
 
   after(async () => {
@@ -72,9 +72,9 @@ describe('deliver to one domain', { timeout: 60_000 }, () => {
   });
 
   async function deliver(domain: string, recipients: string[], from = 'sender@example.com') {
-    const destination = await resolver.resolveDestination(domain);
-    assert.ok(destination.ok, JSON.stringify(destination));
-    const request: DeliveryRequest = { messageId: 'm-1', domain, from, recipients, raw: MESSAGE, hosts: destination.hosts };
+    const route = await resolver.routeFor(domain);
+    assert.ok(route.ok, JSON.stringify(route));
+    const request: DeliveryRequest = { messageId: 'm-1', domain, from, recipients, raw: MESSAGE, hosts: route.hosts };
     const results = await deliverer.deliver(request);
     return Object.fromEntries(results.map((r) => [r.recipient, r]));
   }

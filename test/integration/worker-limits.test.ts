@@ -6,7 +6,7 @@ import { pino } from 'pino';
 import { BeanstalkClient } from '../../shared/beanstalk.ts';
 import { encodeJob, TUBE, type OutboundJob } from '../../shared/job.ts';
 import { createDeliverer } from '../../worker/deliver.ts';
-import { createLimiter, type Destination, type LimitSettings, type Limiter } from '../../worker/limits.ts';
+import { createLimiter, type LimitBucket, type LimitSettings, type Limiter } from '../../worker/limits.ts';
 import { startBeanstalkd, type BeanstalkdProcess } from '../helpers/beanstalkd.ts';
 import { freePort, waitFor } from '../helpers/ports.ts';
 import { startSmtpSink, type SmtpSink } from '../helpers/smtp-sink.ts';
@@ -42,7 +42,7 @@ describe('per-destination limits shared through beanstalkd', { timeout: 120_000 
   }
 
   it('never lets more than maxConnections be held at once, across instances, and admits everyone in the end', async () => {
-    const destination: Destination = { key: `conn-${randomUUID().slice(0, 8)}.test`, limit: { maxConnections: 2 } };
+    const bucket: LimitBucket = { key: `conn-${randomUUID().slice(0, 8)}.test`, limit: { maxConnections: 2 } };
     const workers = [limiter(), limiter(), limiter()];
     let held = 0;
     let maxHeld = 0;
@@ -50,7 +50,7 @@ describe('per-destination limits shared through beanstalkd', { timeout: 120_000 
     await Promise.all(
       workers.flatMap((worker) =>
         Array.from({ length: 4 }, async () => {
-          const slot = await worker.connectionSlot(destination);
+          const slot = await worker.connectionSlot(bucket);
           assert.ok(slot.ok, slot.ok ? '' : slot.verdict.response);
           held++;
           maxHeld = Math.max(maxHeld, held);
@@ -66,27 +66,27 @@ describe('per-destination limits shared through beanstalkd', { timeout: 120_000 
   });
 
   it('frees the slots of a worker that dies: its reservations end with its beanstalkd connection', async () => {
-    const destination: Destination = { key: `crash-${randomUUID().slice(0, 8)}.test`, limit: { maxConnections: 2 } };
+    const bucket: LimitBucket = { key: `crash-${randomUUID().slice(0, 8)}.test`, limit: { maxConnections: 2 } };
     const dying = limiter();
-    assert.ok((await dying.connectionSlot(destination)).ok);
-    assert.ok((await dying.connectionSlot(destination)).ok);
+    assert.ok((await dying.connectionSlot(bucket)).ok);
+    assert.ok((await dying.connectionSlot(bucket)).ok);
     const other = limiter({ maxWaitMs: 300 });
-    const whileAlive = await other.connectionSlot(destination);
+    const whileAlive = await other.connectionSlot(bucket);
     assert.equal(whileAlive.ok, false, 'both slots are taken');
     if (!whileAlive.ok) assert.match(whileAlive.verdict.response, /^451 4\.4\.5 hedwig: connection limit for crash-.*: all 2 connection slots in use/);
     await dying.close(); // the process is gone: beanstalkd sees its connection close
-    assert.equal((await other.connectionSlot(destination)).ok, true);
+    assert.equal((await other.connectionSlot(bucket)).ok, true);
   });
 
   it('admits at most messagesPerMinute x window / 60 messages per sliding window, across instances', async () => {
     // 120 a minute over a 1 s window: 2 per second.
-    const destination: Destination = { key: `rate-${randomUUID().slice(0, 8)}.test`, limit: { messagesPerMinute: 120 } };
+    const bucket: LimitBucket = { key: `rate-${randomUUID().slice(0, 8)}.test`, limit: { messagesPerMinute: 120 } };
     const workers = [limiter(), limiter()];
     const admittedAt: number[] = [];
     await Promise.all(
       workers.flatMap((worker) =>
         Array.from({ length: 3 }, async () => {
-          const slot = await worker.messageSlot(destination);
+          const slot = await worker.messageSlot(bucket);
           assert.ok(slot.ok);
           admittedAt.push(Date.now());
         }),

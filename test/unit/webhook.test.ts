@@ -7,10 +7,17 @@ import { Registry } from 'prom-client';
 import type { BeanstalkClient, ReservedJob } from '../../shared/beanstalk.ts';
 import type { OutboundJob } from '../../shared/job.ts';
 import { recipientHash, verifyWebhookSignature, webhookSignature } from '../../shared/webhook-signature.ts';
-import { createOperationsMetrics } from '../../worker/ops-metrics.ts';
+import { createWorkerMetrics } from '../../worker/metrics.ts';
 import { deliveryEvents, statusUpdate } from '../../worker/outcomes.ts';
 import type { Settlement } from '../../worker/settle.ts';
-import { dispatchEvent, webhookConfigSchema, type QueuedEvent } from '../../worker/webhook.ts';
+import { dispatchEvent, webhookConfigFrom, webhookConfigSchema, type QueuedEvent, type WebhookConfig } from '../../worker/webhook.ts';
+
+/** The schema, then the secret (read at start-up, not while parsing). */
+function webhookConfig(input: unknown): WebhookConfig {
+  const read = webhookConfigFrom(webhookConfigSchema.parse(input));
+  if (!read.ok) throw new Error(`${read.issue.path.join('.')}: ${read.issue.message}`);
+  return read.config;
+}
 
 const SECRET = 'unit-webhook-secret-0123456789abcdef01234';
 const NOW = Date.parse('2024-05-01T12:00:00Z');
@@ -40,7 +47,7 @@ describe('webhook config', () => {
   const base = { url: 'https://hooks.example.com/hedwig', secret: SECRET };
 
   it('has defaults that retry for a day', () => {
-    const config = webhookConfigSchema.parse(base);
+    const config = webhookConfig(base);
     assert.equal(config.maxAgeSeconds, 86_400);
     assert.deepEqual(config.events, ['delivered', 'deferred', 'bounced', 'expired']);
     assert.equal(config.hashRecipients, false);
@@ -48,10 +55,10 @@ describe('webhook config', () => {
   });
 
   it('refuses retrying for less than an hour, a short secret and a non-HTTP URL', () => {
-    assert.throws(() => webhookConfigSchema.parse({ ...base, maxAgeSeconds: 3599 }));
-    assert.throws(() => webhookConfigSchema.parse({ ...base, secret: 'short' }));
-    assert.throws(() => webhookConfigSchema.parse({ ...base, url: 'ftp://hooks.example.com/' }));
-    assert.throws(() => webhookConfigSchema.parse({ url: base.url }));
+    assert.throws(() => webhookConfig({ ...base, maxAgeSeconds: 3599 }));
+    assert.throws(() => webhookConfig({ ...base, secret: 'short' }));
+    assert.throws(() => webhookConfig({ ...base, url: 'ftp://hooks.example.com/' }));
+    assert.throws(() => webhookConfig({ url: base.url }));
   });
 });
 
@@ -134,9 +141,9 @@ describe('webhook dispatch of one event', () => {
   const queued = (createdAt: number): QueuedEvent => ({ v: 1, createdAt, event: { id: 'e1', type: 'delivered', occurredAt: '', messageId: 'm', fqdn: 'f', mailfrom: '', recipient: 'a@x.test', response: '250 ok', attempts: 1 } });
 
   async function dispatch(payload: QueuedEvent | string, releases = 0): Promise<string[]> {
-    const config = webhookConfigSchema.parse({ url, secret: SECRET, retryDelaysSeconds: [10, 60, 600], maxAgeSeconds: 3600 });
+    const config = webhookConfig({ url, secret: SECRET, retryDelaysSeconds: [10, 60, 600], maxAgeSeconds: 3600 });
     const { reserved, client, calls } = fakeJob(payload, releases);
-    await dispatchEvent(client, reserved, { config, logger: pino({ level: 'silent' }), metrics: createOperationsMetrics(new Registry()), now: () => NOW });
+    await dispatchEvent(client, reserved, { config, logger: pino({ level: 'silent' }), metrics: createWorkerMetrics(new Registry()), now: () => NOW });
     return calls;
   }
 

@@ -5,7 +5,7 @@ import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { ConfigError } from '../../shared/config.ts';
-import { loadWorkerConfig } from '../../worker/config.ts';
+import { loadWorkerConfig, readConfiguredFiles } from '../../worker/config.ts';
 import { keysFor, loadDkimPrivateKey, signMessage, type DkimKey } from '../../worker/dkim.ts';
 import { prepareMessage, type OutgoingSettings } from '../../worker/outgoing.ts';
 import { makeDkimKey, makeEd25519DkimKey, verifyWithMailauth } from '../helpers/worker-dkim.ts';
@@ -49,11 +49,11 @@ describe('DKIM keys and signing', () => {
     const config = join(dir, 'worker.yaml');
     writeFileSync(config, `dkim:\n  Example.COM:\n    selector: s1\n    keyFile: ${good.keyFile}\n  example.org:\n    selector: s1\n    keyFile: ${ec}\n`);
     assert.throws(
-      () => loadWorkerConfig(config, {}),
+      () => readConfiguredFiles(loadWorkerConfig(config, {}), config),
       (err: unknown) => err instanceof ConfigError && err.key === 'dkim.example.org.keyFile' && /RSA/.test(err.message),
     );
     writeFileSync(config, `dkim:\n  Example.COM:\n    selector: s1\n    keyFile: ${good.keyFile}\n`);
-    const loaded = loadWorkerConfig(config, {});
+    const loaded = readConfiguredFiles(loadWorkerConfig(config, {}), config);
     assert.equal(loaded.dkim.get('example.com')?.[0]?.selector, 's1');
     assert.equal(loaded.dkim.get('example.com')?.[0]?.privateKey.asymmetricKeyType, 'rsa');
   });
@@ -61,11 +61,11 @@ describe('DKIM keys and signing', () => {
   it('takes an RSA and an Ed25519 key for one domain as a list, and refuses two keys of one algorithm', () => {
     const config = join(dir, 'worker-both.yaml');
     writeFileSync(config, `dkim:\n  example.com:\n    - selector: s1\n      keyFile: ${good.keyFile}\n    - selector: ed1\n      keyFile: ${ed.keyFile}\n`);
-    const loaded = loadWorkerConfig(config, {});
+    const loaded = readConfiguredFiles(loadWorkerConfig(config, {}), config);
     assert.deepEqual(loaded.dkim.get('example.com')?.map((k) => `${k.selector}:${k.algorithm}`), ['s1:rsa-sha256', 'ed1:ed25519-sha256']);
     writeFileSync(config, `dkim:\n  example.com:\n    - selector: s1\n      keyFile: ${good.keyFile}\n    - selector: s2\n      keyFile: ${good.keyFile}\n`);
     assert.throws(
-      () => loadWorkerConfig(config, {}),
+      () => readConfiguredFiles(loadWorkerConfig(config, {}), config),
       (err: unknown) => err instanceof ConfigError && err.key === 'dkim.example.com.1.keyFile' && /a second rsa-sha256 key/.test(err.message),
     );
   });

@@ -1,8 +1,9 @@
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { decodeOutboundJob, encodeJob, type FailedJob, type OutboundJob } from '../../shared/job.ts';
-import type { RecipientResult } from '../../worker/deliver.ts';
-import { addressField, delayNotice, failureNotice, type NoticeSettings } from '../../worker/dsn.ts';
+import type { RecipientResult } from '../../worker/classify.ts';
+import { addressField, type NoticeSettings } from '../../worker/dsn.ts';
+import { delayNotice, failureNotice } from '../../worker/notices.ts';
 import { parseDsn } from '../helpers/worker-dsn.ts';
 
 const received = Date.UTC(2026, 0, 5, 8, 0, 0);

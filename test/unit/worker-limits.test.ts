@@ -1,10 +1,9 @@
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { workerConfigSchema } from '../../worker/config.ts';
-import { limitSettingsFrom, shapingSettingsFrom } from '../../worker/identity-config.ts';
-import { asksToBackOff, destinationFor } from '../../worker/limits.ts';
+import { readConfiguredFiles, workerConfigSchema } from '../../worker/config.ts';
+import { asksToBackOff, bucketFor, limitSettingsFrom } from '../../worker/limits.ts';
 import { createSourceSelector } from '../../worker/source-ip.ts';
-import { connectionTlsOptions, tlsModeFor } from '../../worker/tls-policy.ts';
+import { connectionTlsOptions, tlsModeFor, tlsPolicySettingsFrom } from '../../worker/tls-policy.ts';
 
 /** The pure parts of traffic shaping: which limits apply, when to back off, source and TLS choices, config. */
 describe('traffic shaping rules', () => {
@@ -15,10 +14,10 @@ describe('traffic shaping rules', () => {
   };
 
   it('a domain gets its own limits, else its group (by name or by MX host), else the default', () => {
-    assert.deepEqual(destinationFor(limits, 'Small.Example', ['mx.small.example']), { key: 'small.example', limit: { maxConnections: 1 } });
-    assert.equal(destinationFor(limits, 'customer.example', ['mx.customer.example']).key, 'group.google');
-    assert.deepEqual(destinationFor(limits, 'gmail.com', ['gmail-smtp-in.l.google.com']), { key: 'group.google', limit: { maxConnections: 20, messagesPerMinute: 1000 } });
-    assert.deepEqual(destinationFor(limits, 'other.example', ['mx.other.example']), { key: 'other.example', limit: { messagesPerMinute: 600 } });
+    assert.deepEqual(bucketFor(limits, 'Small.Example', ['mx.small.example']), { key: 'small.example', limit: { maxConnections: 1 } });
+    assert.equal(bucketFor(limits, 'customer.example', ['mx.customer.example']).key, 'group.google');
+    assert.deepEqual(bucketFor(limits, 'gmail.com', ['gmail-smtp-in.l.google.com']), { key: 'group.google', limit: { maxConnections: 20, messagesPerMinute: 1000 } });
+    assert.deepEqual(bucketFor(limits, 'other.example', ['mx.other.example']), { key: 'other.example', limit: { messagesPerMinute: 600 } });
   });
 
   it('backs off after a 421 or a "too many connections" reply, not after other temporary failures', () => {
@@ -55,11 +54,11 @@ describe('traffic shaping rules', () => {
   it('config: defaults, and errors that name the key', () => {
     const config = workerConfigSchema.parse({ beanstalk: { servers: ['127.0.0.1:11400'] } });
     assert.deepEqual(config.connections, { maxMessagesPerConnection: 100, idleTimeoutMs: 2000 });
-    const shaping = shapingSettingsFrom(config);
-    assert.equal(shaping.tls.policy, 'may');
-    assert.equal(shaping.tls.brokenHostMemoryMs, 3_600_000);
-    assert.deepEqual(shaping.source, { addresses: [], selection: 'round-robin', senderDomains: {} });
-    const limitSettings = limitSettingsFrom(config);
+    const tls = tlsPolicySettingsFrom(config.tls, undefined);
+    assert.equal(tls.policy, 'may');
+    assert.equal(tls.brokenHostMemoryMs, 3_600_000);
+    assert.deepEqual(config.source, { addresses: [], selection: 'round-robin', senderDomains: {} });
+    const limitSettings = limitSettingsFrom(config.limits, config.beanstalk.servers);
     assert.deepEqual(limitSettings.server, { host: '127.0.0.1', port: 11400 }, 'the limits live on the first beanstalkd by default');
     assert.deepEqual([limitSettings.windowSeconds, limitSettings.maxWaitMs, limitSettings.backoffSeconds], [60, 10_000, 60]);
 
@@ -69,7 +68,11 @@ describe('traffic shaping rules', () => {
       return result.error!.issues[0]!;
     };
     assert.deepEqual(issue({ tls: { domains: { 'a.example': 'sometimes' } } }).path, ['tls', 'domains', 'a.example']);
-    assert.match(issue({ tls: { caFile: '/nonexistent/ca.pem' } }).message, /cannot read \/nonexistent\/ca\.pem/);
+    // Files are read at start-up, not while parsing: the error still names the key.
+    assert.throws(
+      () => readConfiguredFiles(workerConfigSchema.parse({ tls: { caFile: '/nonexistent/ca.pem' } }), '/etc/hedwig/worker.yaml'),
+      { code: 'CONFIG_INVALID', message: /worker\.yaml: tls\.caFile: cannot read \/nonexistent\/ca\.pem/ },
+    );
     assert.deepEqual(issue({ source: { addresses: [{ address: '192.0.2.1', ehloName: 'a.example' }], senderDomains: { 'x.example': ['192.0.2.9'] } } }).path, ['source', 'senderDomains', 'x.example', 0]);
     assert.deepEqual(issue({ limits: { domains: { 'x.example': { maxConnections: 0 } } } }).path, ['limits', 'domains', 'x.example', 'maxConnections']);
   });

@@ -1,11 +1,11 @@
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { startDns, type DnsServer } from '../helpers/dns.ts';
-import { createMxResolver, type Destination, type MxResolverOptions } from '../../worker/mx.ts';
+import { createRouteResolver, type Route, type RouteSettings } from '../../worker/route.ts';
 import { isPrivateAddress } from '../../worker/private-address.ts';
 
 /** MX resolution against a real DNS server (dnsmasq on loopback); names exist only there. */
-describe('resolveDestination', { timeout: 60_000 }, () => {
+describe('routeFor', { timeout: 60_000 }, () => {
   let dns: DnsServer;
 
   before(async () => {
@@ -46,20 +46,21 @@ describe('resolveDestination', { timeout: 60_000 }, () => {
     await dns?.stop();
   });
 
-  function resolverWith(overrides: Partial<MxResolverOptions> = {}) {
-    return createMxResolver({ servers: [dns.server], timeoutMs: 600, routes: {}, smtpPort: 2525, allowPrivateAddresses: true, ...overrides });
+  function resolverWith(overrides: Partial<RouteSettings> = {}) {
+    return createRouteResolver({ servers: [dns.server], timeoutMs: 600, routes: {}, smtpPort: 2525, allowPrivateAddresses: true, ...overrides });
   }
 
-  function assertFailure(destination: Destination, expected: { temporary: boolean; enhanced: string }) {
-    assert.equal(destination.ok, false, `expected a failure, got ${JSON.stringify(destination)}`);
-    if (destination.ok) return;
-    assert.equal(destination.temporary, expected.temporary, destination.message);
-    assert.equal(destination.enhanced, expected.enhanced, destination.message);
-    assert.equal(Math.floor(destination.code / 100), expected.temporary ? 4 : 5);
+  function assertFailure(route: Route, expected: { temporary: boolean; enhanced: string }) {
+    assert.equal(route.ok, false, `expected a failure, got ${JSON.stringify(route)}`);
+    if (route.ok) return;
+    const { verdict } = route;
+    assert.equal(verdict.outcome, expected.temporary ? 'deferred' : 'bounced', verdict.response);
+    assert.equal(verdict.enhancedCode, expected.enhanced, verdict.response);
+    assert.equal(Math.floor(verdict.responseCode! / 100), expected.temporary ? 4 : 5);
   }
 
   it('orders MX hosts by preference and resolves their addresses through the configured server', async () => {
-    const destination = await resolverWith().resolveDestination('multi.test');
+    const destination = await resolverWith().routeFor('multi.test');
     assert.ok(destination.ok, JSON.stringify(destination));
     assert.equal(destination.hosts[0]!.name, 'primary.multi.test');
     assert.deepEqual(destination.hosts[0], { name: 'primary.multi.test', preference: 10, addresses: ['127.0.0.11', '::1'], port: 2525 });
@@ -70,7 +71,7 @@ describe('resolveDestination', { timeout: 60_000 }, () => {
   it('shuffles hosts of equal preference', async () => {
     const orders = new Set<string>();
     for (const value of [0, 0.99]) {
-      const destination = await resolverWith({ random: () => value }).resolveDestination('multi.test');
+      const destination = await resolverWith({ random: () => value }).routeFor('multi.test');
       assert.ok(destination.ok);
       assert.equal(destination.hosts[0]!.name, 'primary.multi.test', 'the shuffle never beats preference');
       orders.add(destination.hosts.map((h) => h.name).join(' '));
@@ -79,46 +80,46 @@ describe('resolveDestination', { timeout: 60_000 }, () => {
   });
 
   it('domain names are case-insensitive', async () => {
-    const destination = await resolverWith().resolveDestination('MULTI.Test');
+    const destination = await resolverWith().routeFor('MULTI.Test');
     assert.ok(destination.ok);
     assert.equal(destination.hosts[0]!.name, 'primary.multi.test');
   });
 
   it('without MX records the domain itself is the mail host (implicit MX)', async () => {
-    const destination = await resolverWith().resolveDestination('implicit.test');
+    const destination = await resolverWith().routeFor('implicit.test');
     assert.deepEqual(destination, { ok: true, hosts: [{ name: 'implicit.test', preference: 0, addresses: ['127.0.0.20'], port: 2525 }] });
   });
 
   it('a null MX (RFC 7505) is a permanent failure, 5.1.10', async () => {
-    assertFailure(await resolverWith().resolveDestination('nullmx.test'), { temporary: false, enhanced: '5.1.10' });
+    assertFailure(await resolverWith().routeFor('nullmx.test'), { temporary: false, enhanced: '5.1.10' });
   });
 
   it('NXDOMAIN is a permanent failure, 5.1.2', async () => {
-    assertFailure(await resolverWith().resolveDestination('no-such-domain.test'), { temporary: false, enhanced: '5.1.2' });
+    assertFailure(await resolverWith().routeFor('no-such-domain.test'), { temporary: false, enhanced: '5.1.2' });
   });
 
   it('SERVFAIL is a temporary failure, 4.4.3', async () => {
-    assertFailure(await resolverWith().resolveDestination('broken.test'), { temporary: true, enhanced: '4.4.3' });
+    assertFailure(await resolverWith().routeFor('broken.test'), { temporary: true, enhanced: '4.4.3' });
   });
 
   it('a DNS timeout is a temporary failure, 4.4.3', async () => {
-    assertFailure(await resolverWith({ timeoutMs: 300 }).resolveDestination('silent.test'), { temporary: true, enhanced: '4.4.3' });
+    assertFailure(await resolverWith({ timeoutMs: 300 }).routeFor('silent.test'), { temporary: true, enhanced: '4.4.3' });
   });
 
   it('an MX host without an address is skipped; with none left the domain is unroutable', async () => {
-    const halfBroken = await resolverWith().resolveDestination('halfbroken.test');
+    const halfBroken = await resolverWith().routeFor('halfbroken.test');
     assert.ok(halfBroken.ok);
     assert.deepEqual(
       halfBroken.hosts.map((h) => h.name),
       ['mx.halfbroken.test'],
     );
-    assertFailure(await resolverWith().resolveDestination('dangling.test'), { temporary: false, enhanced: '5.4.4' });
+    assertFailure(await resolverWith().routeFor('dangling.test'), { temporary: false, enhanced: '5.4.4' });
   });
 
   it('refuses private addresses unless allowed', async () => {
     const strict = resolverWith({ allowPrivateAddresses: false });
-    assertFailure(await strict.resolveDestination('multi.test'), { temporary: false, enhanced: '5.4.4' });
-    const mixed = await strict.resolveDestination('mixed.test');
+    assertFailure(await strict.routeFor('multi.test'), { temporary: false, enhanced: '5.4.4' });
+    const mixed = await strict.routeFor('mixed.test');
     assert.ok(mixed.ok, JSON.stringify(mixed));
     assert.deepEqual(
       mixed.hosts.map((h) => [h.name, h.addresses]),
@@ -131,15 +132,15 @@ describe('resolveDestination', { timeout: 60_000 }, () => {
       allowPrivateAddresses: false,
       routes: { 'multi.test': '127.0.0.99:2600', 'corp.test': 'relay.internal.test', 'bad.test': 'missing.internal.test:25' },
     });
-    assert.deepEqual(await resolver.resolveDestination('multi.test'), {
+    assert.deepEqual(await resolver.routeFor('multi.test'), {
       ok: true,
       hosts: [{ name: '127.0.0.99', preference: 0, addresses: ['127.0.0.99'], port: 2600 }],
     });
-    assert.deepEqual(await resolver.resolveDestination('corp.test'), {
+    assert.deepEqual(await resolver.routeFor('corp.test'), {
       ok: true,
       hosts: [{ name: 'relay.internal.test', preference: 0, addresses: ['127.0.0.40'], port: 2525 }],
     });
-    assertFailure(await resolver.resolveDestination('bad.test'), { temporary: false, enhanced: '5.4.4' });
+    assertFailure(await resolver.routeFor('bad.test'), { temporary: false, enhanced: '5.4.4' });
   });
 });
 

@@ -2,7 +2,7 @@ import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { encodeJob, failedJobSchema, jobSizeFor, MAX_RESPONSE_CHARS, outboundJobSchema, type OutboundJob } from '../../shared/job.ts';
 import { boundedResponse } from '../../worker/classify.ts';
-import type { RecipientResult } from '../../worker/deliver.ts';
+import type { RecipientResult } from '../../worker/classify.ts';
 import { retryDelaySeconds, settle } from '../../worker/settle.ts';
 
 const HOUR = 3_600_000;

@@ -1,15 +1,59 @@
 import { promises as dns, type MxRecord } from 'node:dns';
 import { isIP } from 'node:net';
-import { parseHostPort } from '../shared/host-port.ts';
+import { z } from 'zod';
 import { errorCode } from '../shared/errors.ts';
+import { parseHostPort } from '../shared/host-port.ts';
+import { ownVerdict, type Verdict } from './classify.ts';
 import { isPrivateAddress } from './private-address.ts';
 
 /**
- * Where mail for a domain goes: a static route, else its MX hosts (RFC 5321 §5.1), else
- * the domain's own address records (implicit MX). Host names are resolved through the
- * same configured resolver, so the SMTP client only ever gets IP addresses and never
- * falls back to the system resolver.
+ * The first step of a delivery: where mail for a domain goes. A static route, else its MX
+ * hosts (RFC 5321 §5.1), else the domain's own address records (implicit MX). Host names
+ * are resolved through the same configured resolver, so the SMTP client only ever gets IP
+ * addresses and never falls back to the system resolver.
  */
+
+const DEFAULT_DNS_PORT = 53;
+
+/** DNS servers are IP literals ('ip', 'ip:port', '[v6]:port'): a resolver cannot look up its own server. */
+function isDnsServer(value: string): boolean {
+  if (isIP(value) !== 0) return true;
+  try {
+    return isIP(parseHostPort(value, DEFAULT_DNS_PORT).host) !== 0;
+  } catch {
+    return false;
+  }
+}
+
+/** `dns`: the resolver. */
+export const dnsSchema = z
+  .object({
+    /** Empty: the system resolver's servers. */
+    servers: z.array(z.string().refine(isDnsServer, { message: "expected 'ip' or 'ip:port'" })).default([]),
+    timeoutMs: z.number().int().positive().default(5000),
+    /** Upper bound for caching a route, whatever the records' TTL; 0 disables the cache. */
+    cacheMaxSeconds: z.number().int().nonnegative().default(300),
+  })
+  .strict()
+  .prefault({});
+
+function isRoute(value: string): boolean {
+  try {
+    const { port } = parseHostPort(value, 25);
+    return Number.isInteger(port) && port >= 1 && port <= 65535;
+  } catch {
+    return false;
+  }
+}
+
+/** `routes`: domain -> 'host[:port]', like Postfix transport maps; bypasses MX (and the private-address rule). */
+export const routesSchema = z
+  .record(
+    z.string().min(1),
+    z.string().min(1).refine(isRoute, { error: (issue) => `not a host[:port]: ${String(issue.input)}` }),
+  )
+  .default({})
+  .transform((routes) => Object.fromEntries(Object.entries(routes).map(([domain, route]) => [domain.toLowerCase(), route])));
 
 export interface MxHost {
   /** MX host name (or the route's host, or the domain itself for an implicit MX). */
@@ -20,11 +64,10 @@ export interface MxHost {
   port: number;
 }
 
-export type Destination =
-  | { ok: true; hosts: MxHost[] }
-  | { ok: false; temporary: boolean; code: number; enhanced: string; message: string };
+/** The route to a domain: its MX hosts in the order to try them, or why there is none. */
+export type Route = { ok: true; hosts: MxHost[] } | { ok: false; verdict: Verdict };
 
-export interface MxResolverOptions {
+export interface RouteSettings {
   /** 'ip' or 'ip:port'; empty means the system's resolvers. */
   servers: string[];
   timeoutMs: number;
@@ -32,15 +75,15 @@ export interface MxResolverOptions {
   routes: Record<string, string>;
   smtpPort: number;
   allowPrivateAddresses: boolean;
-  /** Upper bound for caching a destination; 0 (the default) disables the cache. */
+  /** Upper bound for caching a route; 0 (the default) disables the cache. */
   cacheMaxSeconds?: number;
   /** For tests: the tie-breaking shuffle of equal preferences. */
   random?: () => number;
   now?: () => number;
 }
 
-export interface MxResolver {
-  resolveDestination(domain: string): Promise<Destination>;
+export interface RouteResolver {
+  routeFor(domain: string): Promise<Route>;
 }
 
 const MAX_CACHED_DOMAINS = 10_000;
@@ -63,16 +106,13 @@ function failureKind(err: unknown): LookupFailure {
 }
 
 const fail = {
-  temporary: (message: string): Destination => ({ ok: false, temporary: true, code: 451, enhanced: '4.4.3', message }),
-  noSuchDomain: (message: string): Destination => ({ ok: false, temporary: false, code: 550, enhanced: '5.1.2', message }),
-  nullMx: (domain: string): Destination => ({
+  temporary: (message: string): Route => ({ ok: false, verdict: ownVerdict('deferred', message, { code: 451, enhanced: '4.4.3' }) }),
+  noSuchDomain: (message: string): Route => ({ ok: false, verdict: ownVerdict('bounced', message, { code: 550, enhanced: '5.1.2' }) }),
+  nullMx: (domain: string): Route => ({
     ok: false,
-    temporary: false,
-    code: 556,
-    enhanced: '5.1.10',
-    message: `${domain} does not accept mail (null MX, RFC 7505)`,
+    verdict: ownVerdict('bounced', `${domain} does not accept mail (null MX, RFC 7505)`, { code: 556, enhanced: '5.1.10' }),
   }),
-  unroutable: (message: string): Destination => ({ ok: false, temporary: false, code: 554, enhanced: '5.4.4', message }),
+  unroutable: (message: string): Route => ({ ok: false, verdict: ownVerdict('bounced', message, { code: 554, enhanced: '5.4.4' }) }),
 };
 
 function shuffleEqualPreferences<T extends { preference: number }>(records: T[], random: () => number): T[] {
@@ -85,14 +125,14 @@ function shuffleEqualPreferences<T extends { preference: number }>(records: T[],
   return shuffled.sort((a, b) => a.preference - b.preference);
 }
 
-export function createMxResolver(options: MxResolverOptions): MxResolver {
+export function createRouteResolver(options: RouteSettings): RouteResolver {
   // c-ares doubles the timeout on each try: two tries of t and 2t fit in timeoutMs.
   const resolver = new dns.Resolver({ timeout: Math.max(50, Math.floor(options.timeoutMs / 3)), tries: 2 });
   if (options.servers.length > 0) resolver.setServers(options.servers);
   const random = options.random ?? Math.random;
   const now = options.now ?? Date.now;
   const cacheMaxMs = (options.cacheMaxSeconds ?? 0) * 1000;
-  const cache = new Map<string, { destination: Destination; expiresAt: number }>();
+  const cache = new Map<string, { route: Route; expiresAt: number }>();
 
   async function lookupAddresses(name: string): Promise<AddressLookup> {
     const [v4, v6] = await Promise.allSettled([resolver.resolve4(name, { ttl: true }), resolver.resolve6(name, { ttl: true })]);
@@ -106,7 +146,7 @@ export function createMxResolver(options: MxResolverOptions): MxResolver {
   }
 
   /** Drops addresses the private-address rule forbids; fails when nothing is left. */
-  function publicOnly(hosts: MxHost[], domain: string): Destination {
+  function publicOnly(hosts: MxHost[], domain: string): Route {
     if (options.allowPrivateAddresses) return { ok: true, hosts };
     const allowed = hosts
       .map((host) => ({ ...host, addresses: host.addresses.filter((address) => !isPrivateAddress(address)) }))
@@ -115,7 +155,7 @@ export function createMxResolver(options: MxResolverOptions): MxResolver {
     return { ok: true, hosts: allowed };
   }
 
-  async function viaRoute(domain: string, route: string): Promise<Destination> {
+  async function viaStaticRoute(domain: string, route: string): Promise<Route> {
     const { host, port } = parseHostPort(route, options.smtpPort);
     // An operator-configured route may point at an internal relay: the private-address rule
     // guards against what DNS says, not against the configuration.
@@ -128,25 +168,25 @@ export function createMxResolver(options: MxResolverOptions): MxResolver {
     return { ok: true, hosts: [{ name: host, preference: 0, addresses: found.addresses, port }] };
   }
 
-  async function viaDns(domain: string): Promise<{ destination: Destination; ttl: number }> {
+  async function viaDns(domain: string): Promise<{ route: Route; ttl: number }> {
     let records: MxRecord[];
     try {
       records = await resolver.resolveMx(domain);
     } catch (err) {
       const kind = failureKind(err);
-      if (kind === 'nxdomain') return { destination: fail.noSuchDomain(`${domain}: no such domain (NXDOMAIN)`), ttl: 0 };
-      if (kind === 'temporary') return { destination: fail.temporary(`MX lookup for ${domain} failed (${errorCode(err)})`), ttl: 0 };
+      if (kind === 'nxdomain') return { route: fail.noSuchDomain(`${domain}: no such domain (NXDOMAIN)`), ttl: 0 };
+      if (kind === 'temporary') return { route: fail.temporary(`MX lookup for ${domain} failed (${errorCode(err)})`), ttl: 0 };
       // No MX records: the domain itself is the mail host (RFC 5321 §5.1 implicit MX).
       const implicit = await lookupAddresses(domain);
       if (implicit.failure?.kind === 'temporary') {
-        return { destination: fail.temporary(`address lookup for ${domain} failed (${implicit.failure.code})`), ttl: 0 };
+        return { route: fail.temporary(`address lookup for ${domain} failed (${implicit.failure.code})`), ttl: 0 };
       }
-      if (implicit.failure) return { destination: fail.noSuchDomain(`${domain} has neither MX nor address records`), ttl: 0 };
+      if (implicit.failure) return { route: fail.noSuchDomain(`${domain} has neither MX nor address records`), ttl: 0 };
       const host = { name: domain, preference: 0, addresses: implicit.addresses, port: options.smtpPort };
-      return { destination: publicOnly([host], domain), ttl: implicit.ttl };
+      return { route: publicOnly([host], domain), ttl: implicit.ttl };
     }
 
-    if (records.some((r) => r.exchange === '' || r.exchange === '.')) return { destination: fail.nullMx(domain), ttl: 0 };
+    if (records.some((r) => r.exchange === '' || r.exchange === '.')) return { route: fail.nullMx(domain), ttl: 0 };
 
     const ordered = shuffleEqualPreferences(
       records.map((r) => ({ name: r.exchange.toLowerCase(), preference: r.priority })),
@@ -167,31 +207,31 @@ export function createMxResolver(options: MxResolverOptions): MxResolver {
     }
     if (hosts.length === 0) {
       const detail = `no address for any MX host of ${domain} (${failures.join(', ')})`;
-      return { destination: temporaryFailure ? fail.temporary(detail) : fail.unroutable(detail), ttl: 0 };
+      return { route: temporaryFailure ? fail.temporary(detail) : fail.unroutable(detail), ttl: 0 };
     }
     const ttl = Math.min(...lookups.filter((l) => !l.failure).map((l) => l.ttl));
-    return { destination: publicOnly(hosts, domain), ttl };
+    return { route: publicOnly(hosts, domain), ttl };
   }
 
   return {
-    async resolveDestination(rawDomain: string): Promise<Destination> {
+    async routeFor(rawDomain: string): Promise<Route> {
       const domain = rawDomain.toLowerCase();
-      const route = options.routes[domain];
-      if (route !== undefined) return viaRoute(domain, route);
+      const staticRoute = options.routes[domain];
+      if (staticRoute !== undefined) return viaStaticRoute(domain, staticRoute);
 
       const cached = cache.get(domain);
       if (cached && cached.expiresAt > now()) {
-        const { destination } = cached;
+        const { route } = cached;
         // Re-shuffle so equal-preference hosts share the load while the answer is cached.
-        return destination.ok ? { ok: true, hosts: shuffleEqualPreferences(destination.hosts, random) } : destination;
+        return route.ok ? { ok: true, hosts: shuffleEqualPreferences(route.hosts, random) } : route;
       }
       cache.delete(domain);
 
-      const { destination, ttl } = await viaDns(domain);
+      const { route, ttl } = await viaDns(domain);
       const keepMs = Math.min(ttl * 1000, cacheMaxMs);
       if (cache.size >= MAX_CACHED_DOMAINS) cache.clear();
-      if (destination.ok && keepMs > 0) cache.set(domain, { destination, expiresAt: now() + keepMs });
-      return destination;
+      if (route.ok && keepMs > 0) cache.set(domain, { route, expiresAt: now() + keepMs });
+      return route;
     },
   };
 }

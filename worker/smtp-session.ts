@@ -1,0 +1,230 @@
+import type { ConnectionOptions } from 'node:tls';
+import SMTPConnection from 'nodemailer/lib/smtp-connection';
+import { z } from 'zod';
+
+/**
+ * One SMTP session with one receiving server: the only module that touches nodemailer's
+ * SMTPConnection (the layer under `createTransport`), its private fields included. It is
+ * used directly because the worker must know *where* a failure happened: before the
+ * transaction (the next MX address is tried) or in it (the replies decide).
+ *
+ * Failures keep the shape nodemailer's error formatter gives every error: `code`
+ * (ECONNECTION, ETIMEDOUT, EENVELOPE, EMESSAGE, ...), and when the server answered,
+ * `response`, `responseCode` and `command` (the command it answered). classify.ts reads
+ * exactly these.
+ */
+
+/** `timeouts`: how long a session may wait for the receiving server. */
+export const timeoutsSchema = z
+  .object({
+    connectMs: z.number().int().positive().default(30_000),
+    greetingMs: z.number().int().positive().default(30_000),
+    /** Idle time on the socket (nothing received) before the session is given up. */
+    socketMs: z.number().int().positive().default(300_000),
+  })
+  .strict()
+  .prefault({});
+export type SessionTimeouts = z.infer<typeof timeoutsSchema>;
+
+export interface SmtpFailure {
+  message: string;
+  code?: string;
+  response?: string;
+  responseCode?: number;
+  command?: string;
+  /** Set on a recipient's RCPT TO failure. */
+  recipient?: string;
+  /** Set when the failure happened during the STARTTLS handshake (tls-policy.ts reads it). */
+  tlsHandshake?: boolean;
+}
+
+export interface SessionOptions {
+  /** IP address of the server (route.ts resolved it; nodemailer never looks names up). */
+  address: string;
+  port: number;
+  ehloName: string;
+  /** The source address; unset: the operating system picks. */
+  localAddress?: string;
+  /** STARTTLS behaviour and TLS options, from the TLS-policy decision (tls-policy.ts). */
+  tls: { ignoreTLS: boolean; requireTLS: boolean; opportunisticTLS: boolean; tls: ConnectionOptions };
+  timeouts: SessionTimeouts;
+}
+
+export interface Envelope {
+  /** '' for the null reverse-path. */
+  from: string;
+  to: string[];
+  /** Message size for the SIZE parameter. */
+  size: number;
+}
+
+/** The server took the message for at least one recipient. */
+export interface Sent {
+  accepted: string[];
+  /** One per refused recipient, with its RCPT TO reply. */
+  rejectedErrors: SmtpFailure[];
+  /** The reply to the end of the data. */
+  response: string;
+}
+
+/**
+ * nodemailer keeps facts we need on the connection without exporting them: the EHLO
+ * extensions (SMTPUTF8), the per-recipient RCPT replies when the transaction fails at
+ * DATA, the socket (source address, TLS details) and whether it is gone. Read defensively;
+ * without them the worker falls back to coarser but safe behaviour.
+ */
+interface ConnectionInternals {
+  _supportedExtensions?: unknown;
+  _envelope?: { rejectedErrors?: unknown };
+  _socket?: { localAddress?: unknown; getProtocol?: () => string | null; getCipher?: () => { name?: string } | undefined } | false;
+  _destroyed?: unknown;
+}
+
+function failureOf(err: unknown): SmtpFailure {
+  if (err && typeof err === 'object') return err as SmtpFailure;
+  return { message: String(err) };
+}
+
+export class SmtpSession {
+  readonly #connection: SMTPConnection;
+
+  constructor(options: SessionOptions) {
+    this.#connection = new SMTPConnection({
+      host: options.address,
+      port: options.port,
+      // Always set: nodemailer otherwise falls back to the IP literal (DESIGN.md).
+      name: options.ehloName,
+      ...(options.localAddress ? { localAddress: options.localAddress } : {}),
+      ...options.tls,
+      connectionTimeout: options.timeouts.connectMs,
+      greetingTimeout: options.timeouts.greetingMs,
+      socketTimeout: options.timeouts.socketMs,
+      logger: false,
+    });
+    // Errors also reach the pending connect/send callbacks; this keeps an emitted 'error' from crashing the process.
+    this.#connection.on('error', () => {});
+  }
+
+  get #internals(): ConnectionInternals {
+    return this.#connection as unknown as ConnectionInternals;
+  }
+
+  /** Whether the session runs over TLS now. */
+  get secure(): boolean {
+    return this.#connection.secure;
+  }
+
+  /** Closed by either side. */
+  get closed(): boolean {
+    return this.#internals._destroyed === true;
+  }
+
+  /** Whether the server offered SMTPUTF8 in EHLO; undefined when that cannot be read. */
+  get supportsSmtpUtf8(): boolean | undefined {
+    const extensions = this.#internals._supportedExtensions;
+    return Array.isArray(extensions) ? extensions.includes('SMTPUTF8') : undefined;
+  }
+
+  /** The local address of the socket: the source IP the receiver sees. */
+  get localAddress(): string | undefined {
+    const socket = this.#internals._socket;
+    return socket && typeof socket.localAddress === 'string' ? socket.localAddress : undefined;
+  }
+
+  /** Protocol and cipher of a secured session, for the delivery log. */
+  tlsDetails(): { tlsVersion?: string; tlsCipher?: string } {
+    const socket = this.#internals._socket;
+    if (!this.secure || !socket || typeof socket.getProtocol !== 'function') return {};
+    const version = socket.getProtocol() ?? undefined;
+    const cipher = typeof socket.getCipher === 'function' ? socket.getCipher()?.name : undefined;
+    return { ...(version ? { tlsVersion: version } : {}), ...(cipher ? { tlsCipher: cipher } : {}) };
+  }
+
+  /** Runs once when the session closes, for any reason. */
+  onClosed(listener: () => void): void {
+    this.#connection.once('end', listener);
+  }
+
+  /**
+   * Connects, reads the greeting, sends EHLO (and STARTTLS when the options say so). A
+   * failure while the TLS handshake runs surfaces from nodemailer as a plain socket error
+   * (ESOCKET): it is marked `tlsHandshake`, so the TLS policy sees it for what it is.
+   */
+  handshake(): Promise<void> {
+    const connection = this.#connection;
+    return new Promise<void>((resolve, reject) => {
+      const fail = (err: unknown) => reject(connection.upgrading && err && typeof err === 'object' ? Object.assign(err, { tlsHandshake: true }) : failureOf(err));
+      const onEnd = () => fail(Object.assign(new Error('Connection closed during the handshake'), { code: 'ECONNECTION' }));
+      connection.once('error', fail);
+      connection.once('end', onEnd);
+      connection.connect((err) => {
+        connection.off('error', fail);
+        connection.off('end', onEnd);
+        if (err) fail(err);
+        else resolve();
+      });
+    });
+  }
+
+  /** One transaction: MAIL FROM, RCPT TO for each recipient, DATA. Rejects with an SmtpFailure. */
+  send(envelope: Envelope, raw: Buffer): Promise<Sent> {
+    const connection = this.#connection;
+    return new Promise<Sent>((resolve, reject) => {
+      const onEnd = () => reject(Object.assign(new Error('Connection closed during the transaction'), { code: 'ECONNECTION', command: 'CONN' }));
+      connection.once('end', onEnd);
+      connection.send({ from: envelope.from, to: envelope.to, size: envelope.size, use8BitMime: true }, raw, (err, info) => {
+        connection.off('end', onEnd);
+        if (err) reject(failureOf(err));
+        else resolve({ accepted: info.accepted.map(String), rejectedErrors: (info.rejectedErrors ?? []).map(failureOf), response: info.response });
+      });
+    });
+  }
+
+  /** The RCPT TO replies of the last transaction, by recipient (a transaction that failed at DATA still has them). */
+  recipientFailures(): Map<string, SmtpFailure> {
+    const errors = this.#internals._envelope?.rejectedErrors;
+    const byRecipient = new Map<string, SmtpFailure>();
+    if (Array.isArray(errors)) {
+      for (const err of errors as SmtpFailure[]) if (typeof err?.recipient === 'string') byRecipient.set(err.recipient, err);
+    }
+    return byRecipient;
+  }
+
+  /** RSET before reuse; false (close it) when the server does not answer within `timeoutMs` or the session ends first. */
+  reset(timeoutMs: number): Promise<boolean> {
+    const connection = this.#connection;
+    return new Promise((resolve) => {
+      const done = (ok: boolean) => {
+        clearTimeout(timer);
+        connection.off('end', onEnd);
+        resolve(ok);
+      };
+      const onEnd = () => done(false);
+      const timer = setTimeout(() => done(false), timeoutMs);
+      connection.once('end', onEnd);
+      try {
+        connection.reset((err) => done(!err));
+      } catch {
+        done(false);
+      }
+    });
+  }
+
+  /** Closes the session when `signal` aborts (shutdown), until the returned function is called. */
+  closeOnAbort(signal: AbortSignal | undefined): () => void {
+    if (!signal) return () => {};
+    const close = () => this.close();
+    signal.addEventListener('abort', close, { once: true });
+    return () => signal.removeEventListener('abort', close);
+  }
+
+  /** QUIT, then close. */
+  quit(): void {
+    this.#connection.quit();
+  }
+
+  /** Closes at once (no QUIT). */
+  close(): void {
+    this.#connection.close();
+  }
+}
