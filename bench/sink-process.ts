@@ -1,13 +1,15 @@
 import { fork, type ChildProcess } from 'node:child_process';
 import { join } from 'node:path';
-import type { SinkReply, SinkRequest, SinkStats } from './sink.ts';
+import type { SinkRecords, SinkReply, SinkRequest, SinkStats } from './sink.ts';
 
 export interface SinkProcess {
   pid: number;
   port: number;
   stats(): Promise<SinkStats>;
   /** Arrival time (ms since the epoch) of every message, by bench id, in arrival order. */
-  records(): Promise<{ ids: number[]; times: number[] }>;
+  records(): Promise<SinkRecords>;
+  /** Forget every arrival (between benchmark cells). */
+  reset(): Promise<void>;
   stop(): Promise<void>;
 }
 
@@ -48,8 +50,11 @@ export async function startSinkProcess(port: number): Promise<SinkProcess> {
       return stats;
     },
     async records() {
-      const { ids, times } = await ask('records');
-      return { ids, times };
+      const { type: _type, ...records } = await ask('records');
+      return records;
+    },
+    async reset() {
+      await ask('reset');
     },
     async stop() {
       child.disconnect();

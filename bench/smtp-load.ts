@@ -18,11 +18,19 @@ export interface SmtpLoadOptions extends LoadPlan {
   /** Stop starting new transactions after this long (ms). */
   deadlineMs?: number;
   ehloName?: string;
+  /** A new connection (greeting, EHLO, QUIT) for every message, as msmtp and smtp-source without -d. Default false. */
+  connectionPerMessage?: boolean;
+  /** Send MAIL, RCPT and DATA together (RFC 2920). Default true; smtp-source waits for each reply. */
+  pipelining?: boolean;
+  /** Start no new transaction once this is aborted (the matrix's probes stop with the client they ride along). */
+  signal?: AbortSignal;
 }
 
 export interface SmtpLoadResult {
   startedAt: number;
   finishedAt: number;
+  /** When the transaction began, per id: the connect for a connection per message, else MAIL FROM (NaN: never). */
+  beganAt: Float64Array;
   /** When the final dot was written, per id (NaN: never). */
   submittedAt: Float64Array;
   /** When the 250 after DATA arrived, per id (NaN: not accepted). */
@@ -135,6 +143,7 @@ function check(reply: Reply, expected: number): void {
 export async function runSmtpLoad(options: SmtpLoadOptions): Promise<SmtpLoadResult> {
   const maxAttempts = options.maxAttempts ?? 1;
   const retryDelayMs = options.retryDelayMs ?? 200;
+  const beganAt = new Float64Array(options.messages).fill(NaN);
   const submittedAt = new Float64Array(options.messages).fill(NaN);
   const acceptedAt = new Float64Array(options.messages).fill(NaN);
   const attempts = new Uint16Array(options.messages);
@@ -155,7 +164,7 @@ export async function runSmtpLoad(options: SmtpLoadOptions): Promise<SmtpLoadRes
   /** The next id to send, after its pacing slot; undefined when nothing is left. */
   async function nextId(): Promise<number | undefined> {
     for (;;) {
-      if (nowMs() > deadline) return undefined;
+      if (nowMs() > deadline || options.signal?.aborted) return undefined;
       const id = queue.length > 0 ? queue.shift() : nextFresh < options.messages ? nextFresh++ : undefined;
       if (id !== undefined) {
         inFlight++;
@@ -164,6 +173,10 @@ export async function runSmtpLoad(options: SmtpLoadOptions): Promise<SmtpLoadRes
           started++;
           const wait = slot - nowMs();
           if (wait > 0) await new Promise((r) => setTimeout(r, wait));
+          if (options.signal?.aborted) {
+            inFlight--;
+            return undefined;
+          }
         }
         return id;
       }
@@ -205,12 +218,25 @@ export async function runSmtpLoad(options: SmtpLoadOptions): Promise<SmtpLoadRes
     }
   }
 
+  async function command(session: SmtpSession, line: string): Promise<Reply> {
+    session.write(line);
+    return session.reply();
+  }
+
   async function transaction(session: SmtpSession, id: number): Promise<void> {
     attempts[id]!++;
-    session.write(`MAIL FROM:<${options.from}>\r\nRCPT TO:<${options.recipient(id)}>\r\nDATA\r\n`);
-    const mail = await session.reply();
-    const rcpt = await session.reply();
-    const data = await session.reply();
+    const envelope = [`MAIL FROM:<${options.from}>\r\n`, `RCPT TO:<${options.recipient(id)}>\r\n`, 'DATA\r\n'];
+    let mail: Reply, rcpt: Reply, data: Reply;
+    if (options.pipelining === false) {
+      mail = await command(session, envelope[0]!);
+      rcpt = mail.code === 250 ? await command(session, envelope[1]!) : mail;
+      data = rcpt.code === 250 ? await command(session, envelope[2]!) : rcpt;
+    } else {
+      session.write(envelope.join(''));
+      mail = await session.reply();
+      rcpt = await session.reply();
+      data = await session.reply();
+    }
     if (data.code !== 354) {
       session.write('RSET\r\n');
       await session.reply();
@@ -225,12 +251,25 @@ export async function runSmtpLoad(options: SmtpLoadOptions): Promise<SmtpLoadRes
     acceptedAt[id] = nowMs();
   }
 
+  async function quit(session: SmtpSession): Promise<void> {
+    session.write('QUIT\r\n');
+    await session.reply().catch(() => undefined);
+    session.close();
+  }
+
   async function connectionLoop(): Promise<void> {
     let session: SmtpSession | undefined;
     for (let id = await nextId(); id !== undefined; id = await nextId()) {
       try {
+        if (options.connectionPerMessage) beganAt[id] = nowMs();
         session ??= await openSession();
+        if (!options.connectionPerMessage) beganAt[id] = nowMs();
         await transaction(session, id);
+        if (options.connectionPerMessage) {
+          const done = session;
+          session = undefined;
+          await quit(done);
+        }
         settle(id, undefined);
       } catch (err) {
         const failure = err instanceof TransactionError ? err : new TransactionError((err as { code?: string }).code ?? 'ERROR', false);
@@ -242,13 +281,9 @@ export async function runSmtpLoad(options: SmtpLoadOptions): Promise<SmtpLoadRes
         settle(id, failure);
       }
     }
-    if (session) {
-      session.write('QUIT\r\n');
-      await session.reply().catch(() => undefined);
-      session.close();
-    }
+    if (session) await quit(session);
   }
 
   await Promise.all(Array.from({ length: options.concurrency }, () => connectionLoop()));
-  return { startedAt, finishedAt: nowMs(), submittedAt, acceptedAt, accepted, notAccepted: options.messages - accepted, failures };
+  return { startedAt, finishedAt: nowMs(), beganAt, submittedAt, acceptedAt, accepted, notAccepted: options.messages - accepted, failures };
 }
