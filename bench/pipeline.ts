@@ -15,6 +15,17 @@ import { startBenchTier, type BenchTier } from './tiers.ts';
 export const BENCH_FQDN = 'app.bench.example';
 const MAX_RECIPIENTS = 10;
 
+export interface PipelineOptions {
+  /** Prefix of every process name this pipeline gives the watcher ('hedwig.' in the matrix). Default ''. */
+  prefix?: string;
+  /** Sign with DKIM when the worker can (default true). */
+  dkim?: boolean;
+  /** The workers' EHLO name: how the sink tells this pipeline's deliveries apart. */
+  ehloName?: string;
+  /** mailman's maxClients; default --concurrency + 20. */
+  maxClients?: number;
+}
+
 /** The parts of the relay a bench mode starts; each start records its process with the watcher. */
 export class Pipeline {
   readonly key = randomBytes(32).toString('hex');
@@ -29,13 +40,22 @@ export class Pipeline {
   /** Prometheus /metrics of each tier process, by the name the watcher knows it by. */
   readonly metricsUrls: Record<string, string> = {};
 
+  readonly prefix: string;
+  readonly ehloName: string;
+  ownsSink = false;
+
   constructor(
     readonly args: BenchArgs,
     readonly dir: string,
     readonly watcher: ProcessWatcher,
+    readonly options: PipelineOptions = {},
   ) {
     this.maxMessageBytes = Math.max(1_048_576, args.size * 2);
+    this.prefix = options.prefix ?? '';
+    this.ehloName = options.ehloName ?? 'relay.bench.example';
+    mkdirSync(dir, { recursive: true });
   }
+
 
   get beanstalkAddress(): string {
     return this.beanstalkd!.address;
@@ -51,11 +71,17 @@ export class Pipeline {
     });
     const probe = new BeanstalkClient({ host: '127.0.0.1', port: this.beanstalkd.port });
     await probe.connect();
-    this.watcher.watch('beanstalkd', Number((await probe.stats()).pid));
+    this.watcher.watch(`${this.prefix}beanstalkd`, Number((await probe.stats()).pid));
     await probe.close();
   }
 
-  async startSink(): Promise<void> {
+  /** Starts the bench sink, or (matrix) uses one the caller shares between relays. */
+  async startSink(shared?: SinkProcess): Promise<void> {
+    if (shared) {
+      this.sink = shared;
+      return;
+    }
+    this.ownsSink = true;
     this.sink = await startSinkProcess(await freePort());
     this.watcher.watch('sink', this.sink.pid);
   }
@@ -73,21 +99,21 @@ export class Pipeline {
       { dir: this.dir, readyPort: port, logLevel: this.args.logLevel, runtime: this.args.runtime, profileDir: this.args.profile },
     );
     this.postoffice = { ...tier, url: `http://127.0.0.1:${port}` };
-    this.watcher.watch('postoffice', tier.pid);
-    this.metricsUrls.postoffice = `${this.postoffice.url}/metrics`;
+    this.watcher.watch(`${this.prefix}postoffice`, tier.pid);
+    this.metricsUrls[`${this.prefix}postoffice`] = `${this.postoffice.url}/metrics`;
   }
 
   async startWorkers(): Promise<void> {
     const base = {
       beanstalk: { servers: [this.beanstalkAddress] },
       concurrency: this.args.workerConcurrency,
-      ehloName: 'relay.bench.example',
+      ehloName: this.ehloName,
       routes: { [BENCH_RECIPIENT_DOMAIN]: `127.0.0.1:${this.sink!.port}` },
       timeouts: { connectMs: 5000, greetingMs: 5000, socketMs: 30_000 },
       retry: { delaysSeconds: [1], maxLifetimeSeconds: 3600 },
       shutdownGraceMs: 2000,
     };
-    const dkim = benchDkimConfig(BENCH_SENDER_DOMAIN, join(this.dir, 'dkim'), base);
+    const dkim = this.options.dkim === false ? undefined : benchDkimConfig(BENCH_SENDER_DOMAIN, join(this.dir, 'dkim'), base);
     this.dkim = dkim !== undefined;
     for (let i = 0; i < this.args.workers; i++) {
       const opsPort = await freePort();
@@ -97,7 +123,7 @@ export class Pipeline {
         { dir: join(this.dir, `worker-${i}`), readyPort: opsPort, logLevel: this.args.logLevel, runtime: this.args.runtime, profileDir: this.args.profile },
       );
       this.workers.push(tier);
-      const name = this.args.workers === 1 ? 'worker' : `worker-${i}`;
+      const name = `${this.prefix}${this.args.workers === 1 ? 'worker' : `worker-${i}`}`;
       this.watcher.watch(name, tier.pid);
       this.metricsUrls[name] = `http://127.0.0.1:${opsPort}/metrics`;
     }
@@ -114,7 +140,7 @@ export class Pipeline {
         hostname: 'mailman.bench.example',
         maxMessageBytes: this.maxMessageBytes,
         maxRecipients: MAX_RECIPIENTS,
-        maxClients: this.args.concurrency + 20,
+        maxClients: this.options.maxClients ?? this.args.concurrency + 20,
         postoffice: { url: this.postoffice!.url, fqdn: BENCH_FQDN, key: this.key },
         spool: { dir: join(this.dir, 'spool') },
         forwarder: { concurrency: 16 },
@@ -123,8 +149,8 @@ export class Pipeline {
       { dir: this.dir, readyPort: port, logLevel: this.args.logLevel, runtime: this.args.runtime, profileDir: this.args.profile },
     );
     this.mailman = { ...tier, port };
-    this.watcher.watch('mailman', tier.pid);
-    this.metricsUrls.mailman = `http://127.0.0.1:${opsPort}/metrics`;
+    this.watcher.watch(`${this.prefix}mailman`, tier.pid);
+    this.metricsUrls[`${this.prefix}mailman`] = `http://127.0.0.1:${opsPort}/metrics`;
   }
 
   /** V8 heap in use per tier (from its own /metrics): how much of the RSS is live JavaScript data. */
@@ -162,7 +188,7 @@ export class Pipeline {
     await this.mailman?.stop();
     await this.postoffice?.stop();
     await Promise.all(this.workers.map((w) => w.stop()));
-    await this.sink?.stop();
+    if (this.ownsSink) await this.sink?.stop();
     await this.beanstalkd?.stop();
   }
 }

@@ -29,23 +29,68 @@ function kbField(status: string, name: string): number {
   return match ? Number(match[1]) : 0;
 }
 
-/** Undefined when the process is gone (or this is not Linux). */
-export function readProcessFigures(pid: number): ProcessFigures | undefined {
+interface StatFields {
+  comm: string;
+  ppid: number;
+  /** utime + stime, seconds. */
+  cpuSeconds: number;
+  /** cutime + cstime: children that exited and were waited for, seconds. */
+  reapedChildrenCpuSeconds: number;
+}
+
+function readStat(pid: number | 'self'): StatFields | undefined {
   try {
-    const status = readFileSync(`/proc/${pid}/status`, 'utf8');
     const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
     // The command name (field 2) may contain spaces; fields after its closing paren are fixed.
-    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-    const utime = Number(fields[11]);
-    const stime = Number(fields[12]);
+    const close = stat.lastIndexOf(')');
+    const fields = stat.slice(close + 2).split(' ');
     return {
-      peakRssMB: round(kbField(status, 'VmHWM') / 1024),
-      rssMB: round(kbField(status, 'VmRSS') / 1024),
-      cpuSeconds: round((utime + stime) / TICKS),
+      comm: stat.slice(stat.indexOf('(') + 1, close),
+      ppid: Number(fields[1]),
+      cpuSeconds: (Number(fields[11]) + Number(fields[12])) / TICKS,
+      reapedChildrenCpuSeconds: (Number(fields[13]) + Number(fields[14])) / TICKS,
     };
   } catch {
     return undefined;
   }
+}
+
+/** CPU seconds of this process's children that have exited and been waited for (clients the bench ran). */
+export function reapedChildrenCpuSeconds(): number {
+  return readStat('self')?.reapedChildrenCpuSeconds ?? 0;
+}
+
+/** Undefined when the process is gone (or this is not Linux). */
+export function readProcessFigures(pid: number): ProcessFigures | undefined {
+  try {
+    const status = readFileSync(`/proc/${pid}/status`, 'utf8');
+    const stat = readStat(pid);
+    if (!stat) return undefined;
+    return {
+      peakRssMB: round(kbField(status, 'VmHWM') / 1024),
+      rssMB: round(kbField(status, 'VmRSS') / 1024),
+      cpuSeconds: round(stat.cpuSeconds, 2),
+    };
+  } catch {
+    return undefined;
+  }
+}
+
+/** The pids whose parent is `ppid`, by command name (from the kernel's list of its children, no /proc scan). */
+function childrenOf(ppid: number): Array<{ pid: number; comm: string }> {
+  let list: string;
+  try {
+    list = readFileSync(`/proc/${ppid}/task/${ppid}/children`, 'utf8');
+  } catch {
+    return [];
+  }
+  return list
+    .split(' ')
+    .filter(Boolean)
+    .flatMap((entry) => {
+      const stat = readStat(Number(entry));
+      return stat ? [{ pid: Number(entry), comm: stat.comm }] : [];
+    });
 }
 
 /** CPU seconds the whole machine spent busy (all processes, all cores) since boot, from /proc/stat. */
@@ -59,21 +104,50 @@ export function machineBusySeconds(): number | undefined {
   }
 }
 
+/** Whether a process with this pid exists (EPERM: it does, owned by someone else). */
+export function processAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
 export function round(value: number, digits = 1): number {
   const factor = 10 ** digits;
   return Math.round(value * factor) / factor;
 }
 
+/** A group of processes (a daemon and the children it runs) as one entry of the report. */
+export interface GroupFigures extends ProcessFigures {
+  /** Processes seen in the group over its life. */
+  processes: number;
+}
+
+interface Tree {
+  prefix: string;
+  rootPid: number;
+  /** Last figures of every child ever seen, by pid (kept after the child exits). */
+  children: Map<number, { name: string; figures: ProcessFigures; live: boolean }>;
+  /** Children's CPU the samples missed (the part after a child's last sample, before it exited). */
+  unsampledCpuSeconds: number;
+}
+
 /**
- * Keeps the latest figures of each watched process, sampling once a second, so the
+ * Keeps the latest figures of each watched process, sampling at `intervalMs`, so the
  * figures survive a process that exits (or is killed) before the report is written.
+ * `watchChildren` follows a daemon that runs short-lived children (Postfix's master):
+ * children are grouped by command name, and what they used after their last sample is
+ * recovered from the daemon's own count of its reaped children (cutime + cstime).
  */
 export class ProcessWatcher {
   readonly #pids = new Map<string, number>();
   readonly #last = new Map<string, ProcessFigures>();
+  readonly #trees: Tree[] = [];
   readonly #timer: NodeJS.Timeout;
 
-  constructor(intervalMs = 1000) {
+  constructor(intervalMs = 250) {
     this.#timer = setInterval(() => this.sample(), intervalMs);
     this.#timer.unref();
   }
@@ -83,16 +157,52 @@ export class ProcessWatcher {
     this.sample();
   }
 
+  /** Watches `rootPid` as `<prefix>.<its command>` and each child as `<prefix>.<child command>`. */
+  watchChildren(prefix: string, rootPid: number): void {
+    this.#trees.push({ prefix, rootPid, children: new Map(), unsampledCpuSeconds: 0 });
+    this.sample();
+  }
+
   sample(): void {
     for (const [name, pid] of this.#pids) {
       const figures = readProcessFigures(pid);
       if (figures) this.#last.set(name, figures);
     }
+    for (const tree of this.#trees) this.#sampleTree(tree);
   }
 
-  report(): Record<string, ProcessFigures> {
+  #sampleTree(tree: Tree): void {
+    const root = readStat(tree.rootPid);
+    if (!root) return;
+    const rootFigures = readProcessFigures(tree.rootPid);
+    if (rootFigures) this.#last.set(`${tree.prefix}.${root.comm}`, rootFigures);
+    for (const child of tree.children.values()) child.live = false;
+    for (const { pid, comm } of childrenOf(tree.rootPid)) {
+      const figures = readProcessFigures(pid);
+      if (figures) tree.children.set(pid, { name: `${tree.prefix}.${comm}`, figures, live: true });
+    }
+    // Exact CPU of the children that exited = what the root reaped; the samples saw part of it.
+    let sampledExited = 0;
+    for (const child of tree.children.values()) if (!child.live) sampledExited += child.figures.cpuSeconds;
+    tree.unsampledCpuSeconds = Math.max(0, root.reapedChildrenCpuSeconds - sampledExited);
+  }
+
+  report(): Record<string, ProcessFigures | GroupFigures> {
     this.sample();
-    return Object.fromEntries([...this.#pids.keys()].map((name) => [name, this.#last.get(name)!]).filter(([, f]) => f));
+    const out: Record<string, ProcessFigures | GroupFigures> = Object.fromEntries([...this.#pids.keys()].map((name) => [name, this.#last.get(name)!]).filter(([, f]) => f));
+    for (const tree of this.#trees) {
+      for (const [name, figures] of this.#last) if (name.startsWith(`${tree.prefix}.`)) out[name] = { ...figures, processes: 1 };
+      for (const { name, figures, live } of tree.children.values()) {
+        // rssMB of a group: its live processes now; peakRssMB: the largest any one of them had.
+        const rssMB = live ? figures.rssMB : 0;
+        const group = out[name] as GroupFigures | undefined;
+        out[name] = group
+          ? { peakRssMB: Math.max(group.peakRssMB, figures.peakRssMB), rssMB: round(group.rssMB + rssMB), cpuSeconds: round(group.cpuSeconds + figures.cpuSeconds, 2), processes: group.processes + 1 }
+          : { ...figures, rssMB, processes: 1 };
+      }
+      out[`${tree.prefix}.exited-unsampled`] = { peakRssMB: 0, rssMB: 0, cpuSeconds: round(tree.unsampledCpuSeconds, 2), processes: 0 };
+    }
+    return out;
   }
 
   stop(): void {

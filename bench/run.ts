@@ -5,19 +5,23 @@
  */
 import { execFileSync } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { cpus, loadavg, release, tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { BeanstalkClient } from '../shared/beanstalk.ts';
 import { TUBE, encodeJob, type OutboundJob } from '../shared/job.ts';
 import { USAGE, parseBenchArgs, type BenchArgs } from './args.ts';
 import { runHttpLoad } from './http-load.ts';
+import { Matrix, matrixUnavailable } from './matrix.ts';
+import { judgeTargets, summarize, summaryTable } from './matrix-report.ts';
 import { BENCH_SENDER, benchMessage, benchPlan, recipientFor } from './message.ts';
 import { BENCH_FQDN, Pipeline } from './pipeline.ts';
 import { ProcessWatcher, machineBusySeconds, round, type ProcessFigures } from './proc.ts';
 import { nowMs } from './sink.ts';
 import { runSmtpLoad } from './smtp-load.ts';
+import { startSinkProcess } from './sink-process.ts';
 import { buildTiers } from './tiers.ts';
+import { freePort } from '../test/helpers/ports.ts';
 import { percentiles, perSecond, type Percentiles } from './stats.ts';
 
 interface ModeResult {
@@ -69,11 +73,11 @@ async function waitForDeliveries(pipeline: Pipeline, target: number, deadline: n
 
 /** Arrival time of the first copy of each measured message (ids 0..n-1), and the copies beyond it. */
 async function arrivals(pipeline: Pipeline, n: number): Promise<{ firstArrival: Float64Array; duplicates: number }> {
-  const { ids, times } = await pipeline.sink!.records();
+  const { ids, times, kinds } = await pipeline.sink!.records();
   const firstArrival = new Float64Array(n).fill(NaN);
   let duplicates = 0;
   ids.forEach((id, i) => {
-    if (id >= n) return; // warm-up
+    if (id >= n || kinds[i] !== 'id') return; // warm-up
     if (Number.isNaN(firstArrival[id]!)) firstArrival[id] = times[i]!;
     else duplicates++;
   });
@@ -239,6 +243,110 @@ function cpuDelta(after: Record<string, ProcessFigures>, before: Record<string, 
   );
 }
 
+function writeReport(report: unknown, out: string): void {
+  const json = JSON.stringify(report, null, 2);
+  process.stdout.write(`${json}\n`);
+  const file = resolve(out);
+  mkdirSync(dirname(file), { recursive: true });
+  writeFileSync(file, `${json}\n`);
+  progress(`written to ${file}`);
+}
+
+function machineInfo(): Record<string, unknown> {
+  return { cpus: cpus().length, cpuModel: cpus()[0]?.model ?? 'unknown', node: process.version, kernel: release(), loadAverageAtStart: loadavg().map((l) => round(l, 2)) };
+}
+
+/** `--mode matrix`: every relay up at once, each cell on one relay at a time (bench/matrix.ts). */
+async function matrixMode(args: BenchArgs): Promise<void> {
+  const unavailable = await matrixUnavailable(args);
+  if (unavailable) {
+    progress(unavailable);
+    process.exitCode = 69; // EX_UNAVAILABLE
+    return;
+  }
+  if (args.runtime === 'build' && args.relays.some((r) => r.startsWith('hedwig'))) {
+    progress('compiling the tiers (tsconfig.build.json) into data/bench/dist');
+    buildTiers();
+  }
+  const dir = mkdtempSync(join(tmpdir(), 'hedwig-bench-matrix-'));
+  // Postfix's daemons run as its mail_owner and must reach their queue inside this directory.
+  chmodSync(dir, 0o711);
+  const watcher = new ProcessWatcher();
+  const machine = machineInfo();
+  const startedAt = new Date().toISOString();
+  const busyBefore = machineBusySeconds();
+  let matrix: Matrix | undefined;
+  let sink: Awaited<ReturnType<typeof startSinkProcess>> | undefined;
+  const cleanUp = async () => {
+    watcher.stop();
+    await matrix?.stop();
+    await sink?.stop();
+    if (args.keep) progress(`configs, logs and data kept in ${dir}`);
+    else rmSync(dir, { recursive: true, force: true });
+  };
+  // A Postfix master outlives the bench unless stopped: stop everything on Ctrl-C too.
+  const onSignal = (signal: NodeJS.Signals) => {
+    progress(`${signal}: stopping the relays`);
+    void cleanUp().finally(() => process.exit(130));
+  };
+  process.once('SIGINT', onSignal);
+  process.once('SIGTERM', onSignal);
+  try {
+    sink = await startSinkProcess(await freePort());
+    watcher.watch('sink', sink.pid);
+    matrix = new Matrix(args, dir, watcher, sink);
+    await matrix.start();
+    await matrix.warmUp();
+    const cells = [];
+    for (const cell of args.cells) cells.push(await matrix.runCell(cell));
+    const summary = summarize(cells);
+    const busyAfter = machineBusySeconds();
+    const otherInCells = summary.reduce((sum, r) => sum + (r.otherCpuSeconds ?? 0), 0);
+    const report = {
+      mode: 'matrix',
+      command: `npm run bench -- ${process.argv.slice(2).join(' ')}`.trim(),
+      startedAt,
+      finishedAt: new Date().toISOString(),
+      revision: revision(),
+      machine: {
+        ...machine,
+        // CPU the rest of the machine used while the cells ran (sum over cells): anything well above 0 means the figures are understated.
+        otherCpuSeconds: round(otherInCells, 2),
+        busySecondsWholeRun: busyAfter !== undefined && busyBefore !== undefined ? round(busyAfter - busyBefore, 1) : null,
+      },
+      params: {
+        messagesPerCell: args.messages,
+        size: args.size,
+        cells: args.cells.map((c) => c.name),
+        relays: args.relays,
+        probeRate: args.probeRate,
+        warmup: args.warmup,
+        workers: args.workers,
+        workerConcurrency: args.workerConcurrency,
+        fsyncMs: args.fsyncMs,
+        runtime: args.runtime,
+        logLevel: args.logLevel,
+      },
+      relays: Object.fromEntries(matrix.relays.map((r) => [r.name, r.about])),
+      summary,
+      targets: judgeTargets(cells),
+      cells,
+      notes: [
+        'Postfix signs nothing (no DKIM milter): hedwig signs every message with RSA-2048; hedwig-nodkim, when run, is the like-for-like relay.',
+        'cpuSecondsPer1000Messages: CPU seconds (user+system) per 1,000 messages handled in the cell (client messages plus probes), per process or group of processes; seconds per 1,000 messages = milliseconds per message. Postfix groups are its daemons by name; exited-unsampled is what short-lived daemons used after their last sample (from the master\'s count of its reaped children).',
+        'peakRssMB: VmHWM, the highest resident set size of the process (the largest of a group) up to the end of the cell.',
+        'accept latency: final dot written -> 250; delivery latency: 250 -> arrival at the sink; transaction: connect (or MAIL on a kept connection) -> 250.',
+      ],
+    };
+    progress(`\n${summaryTable(summary)}`);
+    writeReport(report, args.out ?? join('data', 'bench', 'matrix.json'));
+  } finally {
+    process.off('SIGINT', onSignal);
+    process.off('SIGTERM', onSignal);
+    await cleanUp();
+  }
+}
+
 async function main(): Promise<void> {
   let args: BenchArgs;
   try {
@@ -253,6 +361,7 @@ async function main(): Promise<void> {
     process.exitCode = 64;
     return;
   }
+  if (args.mode === 'matrix') return matrixMode(args);
   if (args.runtime === 'build') {
     progress('compiling the tiers (tsconfig.build.json) into data/bench/dist');
     buildTiers();
@@ -275,7 +384,7 @@ async function main(): Promise<void> {
   const startedAt = new Date().toISOString();
   let result: ModeResult;
   try {
-    const run = { e2e, postoffice: postofficeOnly, worker: workerOnly }[args.mode];
+    const run = { e2e, postoffice: postofficeOnly, worker: workerOnly }[args.mode as 'e2e' | 'postoffice' | 'worker'];
     result = await run(args, pipeline, deadline, measured);
     const processes = cpuDelta(watcher.report(), before);
     const benchCpu = process.cpuUsage(benchCpuBefore);

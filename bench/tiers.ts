@@ -22,7 +22,8 @@ export interface BenchTier {
   stop(): Promise<number | null>;
 }
 
-function portOpen(port: number): Promise<boolean> {
+/** Whether something accepts TCP connections on 127.0.0.1:port. */
+export function portOpen(port: number): Promise<boolean> {
   return new Promise((resolvePort) => {
     const socket = connect({ host: '127.0.0.1', port }, () => {
       socket.destroy();

@@ -24,6 +24,12 @@ if ! ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1; then
   mkdir -p /etc/postgresql-common
   grep -qs '^create_main_cluster' /etc/postgresql-common/createcluster.conf || echo 'create_main_cluster = false' >> /etc/postgresql-common/createcluster.conf
 fi
+# Postfix: smtp-source and a private relay instance for the benchmark's real-client matrix
+# (its smoke test is in the suite). Preseeded so apt does not ask; no system configuration.
+if [ ! -x /usr/sbin/smtp-source ]; then
+  missing+=(postfix)
+  echo 'postfix postfix/main_mailer_type select No configuration' | debconf-set-selections
+fi
 if [ ${#missing[@]} -eq 0 ]; then
   echo "install-debian-deps: all present"
   exit 0
