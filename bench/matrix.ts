@@ -123,7 +123,7 @@ async function waitForArrivals(sink: SinkProcess, relay: MatrixRelay, expected: 
       last = unique;
       lastChange = Date.now();
     }
-    if (Date.now() - lastChange > stallMs && (await relay.queued()) === 0) {
+    if (Date.now() - lastChange > stallMs && ((await relay.queued()) ?? 0) === 0) {
       progress(`${relay.name}: ${unique} of ${expected.rcpt + expected.id} arrived and its queue is empty: giving up on the rest`);
       return;
     }

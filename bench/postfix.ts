@@ -167,12 +167,13 @@ export async function startPostfixRelay(options: PostfixRelayOptions): Promise<P
   } catch (err) {
     throw new Error(`postfix -c ${configDir} start failed: ${(err as { stderr?: string }).stderr ?? String(err)}\n${logTail()}`);
   }
-  const pidFile = join(queueDir, 'pid', 'master.pid');
+  // The master's pid from its start line in the log, which (unlike queue/pid/master.pid) any user may read.
+  const masterStarted = () => [...readFileSync(logFile, 'utf8').matchAll(/ postfix\/master\[(\d+)\]: daemon started/g)].pop()?.[1];
   const deadline = Date.now() + 30_000;
   let masterPid = 0;
   while (!masterPid || !(await portOpen(options.port))) {
     if (Date.now() > deadline) throw new Error(`postfix did not listen on 127.0.0.1:${options.port} within 30 s\n${logTail()}`);
-    if (!masterPid && existsSync(pidFile)) masterPid = Number(readFileSync(pidFile, 'utf8').trim()) || 0;
+    if (!masterPid && existsSync(logFile)) masterPid = Number(masterStarted() ?? 0);
     await new Promise((r) => setTimeout(r, 50));
   }
   const { stdout } = await run('/usr/sbin/postconf', ['-c', configDir, '-h', 'mail_version']);
