@@ -1,4 +1,5 @@
 import { CliError, EXIT, type CliIo, type Command } from './args.ts';
+import { dnsCheck } from './commands/dns.ts';
 import { failedList, failedReport, failedRetry, failedShow } from './commands/failed.ts';
 import { grep } from './commands/grep.ts';
 import { queueStats } from './commands/queue.ts';
@@ -7,7 +8,7 @@ import { status } from './commands/status.ts';
 
 /** `hedwig <group> <command>` or `hedwig <command>`: dispatch, help and exit codes. */
 
-const COMMANDS: Command[] = [queueStats, failedList, failedShow, failedRetry, failedReport, grep, send, status];
+const COMMANDS: Command[] = [queueStats, failedList, failedShow, failedRetry, failedReport, grep, send, status, dnsCheck];
 
 const USAGE = `Usage: hedwig <command> [options]     (hedwig <command> --help for details)
 

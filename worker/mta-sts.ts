@@ -78,7 +78,9 @@ const MAX_NEGATIVE_ENTRIES = 10_000;
 
 type FetchResult = { ok: true; body: string } | { ok: false; resultType: StsFailureType; message: string };
 
-function fetchPolicyBody(domain: string, options: MtaStsOptions): Promise<FetchResult> {
+type FetchOptions = Pick<MtaStsOptions, 'lookup' | 'ca' | 'port' | 'fetchTimeoutMs'>;
+
+function fetchPolicyBody(domain: string, options: FetchOptions): Promise<FetchResult> {
   const host = `mta-sts.${domain}`;
   return new Promise((resolve) => {
     let settled = false;
@@ -129,6 +131,40 @@ function fetchPolicyBody(domain: string, options: MtaStsOptions): Promise<FetchR
   });
 }
 
+/** Fetches and parses the policy of `domain` (whose TXT record named `id`); also used by `hedwig dns check`. */
+export async function fetchStsPolicy(domain: string, id: string, options: FetchOptions, fetchedAt: number): Promise<{ ok: true; policy: StsPolicy } | { ok: false; resultType: StsFailureType; message: string }> {
+  const fetched = await fetchPolicyBody(domain, options);
+  if (!fetched.ok) return fetched;
+  let parsed;
+  try {
+    parsed = parsePolicy(fetched.body);
+  } catch (err) {
+    return { ok: false, resultType: 'sts-policy-invalid', message: `the policy of ${domain} is invalid: ${(err as Error).message}` };
+  }
+  const maxAgeSeconds = Number(parsed.maxAge);
+  return {
+    ok: true,
+    policy: { domain, id, mode: parsed.mode as StsMode, mx: (parsed.mx ?? []).map((m: string) => m.toLowerCase()), maxAgeSeconds, fetchedAt, expiresAt: fetchedAt + maxAgeSeconds * 1000 },
+  };
+}
+
+/** The policy id of `domain`'s `_mta-sts` TXT record (mailauth's parser), false when there is none (or more than one). */
+export async function stsPolicyId(domain: string, resolveTxt: (name: string) => Promise<string[][]>): Promise<{ ok: true; id: string | false } | { ok: false; message: string }> {
+  try {
+    const id = await resolvePolicy(domain, { resolver: async (name: string) => resolveTxt(name) });
+    return { ok: true, id };
+  } catch (err) {
+    // RFC 8461 §3.1: more than one record means no policy.
+    if ((err as { code?: unknown }).code === 'multi_sts_records') return { ok: true, id: false };
+    return { ok: false, message: `TXT lookup of _mta-sts.${domain} failed: ${(err as Error).message}` };
+  }
+}
+
+/** RFC 8461 §4.1 MX matching (mailauth's). */
+export function stsMxMatches(policy: Pick<StsPolicy, 'mode' | 'mx'>, mxName: string): boolean {
+  return validateMx(mxName, { mode: policy.mode, mx: policy.mx }).valid === true;
+}
+
 export function createMtaSts(options: MtaStsOptions): MtaSts {
   const now = options.now ?? Date.now;
   const log = options.logger.child({ component: 'mta-sts' });
@@ -139,40 +175,14 @@ export function createMtaSts(options: MtaStsOptions): MtaSts {
 
   const toPolicy = (stored: StoredPolicy): StsPolicy => ({ ...stored });
 
-  async function txtId(domain: string): Promise<{ ok: true; id: string | false } | { ok: false; message: string }> {
-    try {
-      const id = await resolvePolicy(domain, { resolver: async (name: string) => options.resolveTxt(name) });
-      return { ok: true, id };
-    } catch (err) {
-      const code = (err as { code?: unknown }).code;
-      // RFC 8461 §3.1: more than one record means no policy.
-      if (code === 'multi_sts_records') return { ok: true, id: false };
-      return { ok: false, message: `TXT lookup of _mta-sts.${domain} failed: ${(err as Error).message}` };
-    }
-  }
+  const txtId = (domain: string) => stsPolicyId(domain, options.resolveTxt);
 
   async function fetchAndStore(domain: string, id: string): Promise<StsLookup> {
-    const fetched = await fetchPolicyBody(domain, options);
+    const fetched = await fetchStsPolicy(domain, id, options, now());
     if (!fetched.ok) return { kind: 'failed', resultType: fetched.resultType, message: fetched.message };
-    let parsed;
-    try {
-      parsed = parsePolicy(fetched.body);
-    } catch (err) {
-      return { kind: 'failed', resultType: 'sts-policy-invalid', message: `the policy of ${domain} is invalid: ${(err as Error).message}` };
-    }
-    const fetchedAt = now();
-    const maxAgeSeconds = Number(parsed.maxAge);
-    const policy: StsPolicy = {
-      domain,
-      id,
-      mode: parsed.mode as StsMode,
-      mx: (parsed.mx ?? []).map((m: string) => m.toLowerCase()),
-      maxAgeSeconds,
-      fetchedAt,
-      expiresAt: fetchedAt + maxAgeSeconds * 1000,
-    };
-    options.cache.put(policy, fetchedAt);
-    log.info({ event: 'mta_sts_policy', domain, id, mode: policy.mode, mx: policy.mx, maxAgeSeconds }, 'MTA-STS policy fetched');
+    const policy = fetched.policy;
+    options.cache.put(policy, policy.fetchedAt);
+    log.info({ event: 'mta_sts_policy', domain, id, mode: policy.mode, mx: policy.mx, maxAgeSeconds: policy.maxAgeSeconds }, 'MTA-STS policy fetched');
     return { kind: 'policy', policy };
   }
 
@@ -227,9 +237,7 @@ export function createMtaSts(options: MtaStsOptions): MtaSts {
       return lookup.kind === 'policy' && lookup.policy.mode === 'none' ? { kind: 'none' } : lookup;
     },
 
-    mxMatches(policy, mxName) {
-      return validateMx(mxName, { mode: policy.mode, mx: policy.mx }).valid === true;
-    },
+    mxMatches: stsMxMatches,
 
     async idle() {
       await Promise.allSettled([...refreshing, ...inFlight.values()]);

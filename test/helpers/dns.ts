@@ -21,6 +21,16 @@ export interface DnsRecords {
   servfail?: string[];
   /** Domains whose queries are never answered, so resolvers time out. */
   unanswered?: string[];
+  /** TXT records: name -> one value per record (split into 255-octet strings here). */
+  txt?: Record<string, string[]>;
+  /** PTR records: IP address -> host name (dnsmasq `--ptr-record`; `hosts` entries get theirs already). */
+  ptr?: Record<string, string>;
+}
+
+/** The reverse-lookup name of an IPv4 address. */
+function reverseName(ip: string): string {
+  if (!isIPv4(ip)) throw new Error(`PTR records here take IPv4 addresses: ${ip}`);
+  return `${ip.split('.').reverse().join('.')}.in-addr.arpa`;
 }
 
 export interface DnsServer {
@@ -38,6 +48,7 @@ const DNSMASQ = '/usr/sbin/dnsmasq';
 /** RDATA of `MX 0 .`: preference 0 (two bytes) and the root name (one zero byte). */
 const NULL_MX_RDATA = '000000';
 const TYPE_MX = 15;
+const TYPE_TXT = 16;
 
 /** A UDP stub upstream: answers every query with SERVFAIL, or with nothing at all. */
 async function startStubUpstream(mode: 'servfail' | 'silent'): Promise<{ port: number; close(): Promise<void> }> {
@@ -95,6 +106,20 @@ function dnsmasqArgs(port: number, records: DnsRecords, upstreams: { servfail?: 
     }
   }
   for (const domain of records.nullMx ?? []) args.push(`--dns-rr=${domain},${TYPE_MX},${NULL_MX_RDATA}`);
+  // TXT as raw RDATA (length-prefixed strings of up to 255 octets): dnsmasq's --txt-record
+  // splits its argument at every comma, which records such as TLS-RPT's `rua=a,b` contain.
+  for (const [name, values] of Object.entries(records.txt ?? {})) {
+    for (const value of values) {
+      const bytes = Buffer.from(value, 'utf8');
+      const strings: Buffer[] = [];
+      for (let i = 0; i < Math.max(bytes.length, 1); i += 255) {
+        const part = bytes.subarray(i, i + 255);
+        strings.push(Buffer.concat([Buffer.from([part.length]), part]));
+      }
+      args.push(`--dns-rr=${name},${TYPE_TXT},${Buffer.concat(strings).toString('hex')}`);
+    }
+  }
+  for (const [ip, name] of Object.entries(records.ptr ?? {})) args.push(`--ptr-record=${reverseName(ip)},${name}`);
   for (const domain of records.servfail ?? []) args.push(`--server=/${domain}/${host}#${upstreams.servfail}`);
   for (const domain of records.unanswered ?? []) args.push(`--server=/${domain}/${host}#${upstreams.silent}`);
   return args;
