@@ -3,7 +3,7 @@ import { promises as dns } from 'node:dns';
 import { createPublicKey, X509Certificate } from 'node:crypto';
 import { isIP } from 'node:net';
 import { keysFor } from '../../worker/dkim.ts';
-import { loadWorkerConfig, type WorkerConfig } from '../../worker/config.ts';
+import { loadWorkerConfig, readConfiguredFiles, type ConfiguredFiles, type WorkerConfig } from '../../worker/config.ts';
 import { resolverLookup } from '../../worker/resolver-lookup.ts';
 import { isValidDomain } from '../../shared/address.ts';
 import { errorMessage } from '../../shared/errors.ts';
@@ -64,9 +64,11 @@ Exit codes: 0 nothing failed (warnings allowed), 1 a check failed, 2 usage or co
     for (const ip of values.ip ?? []) if (isIP(ip) === 0) throw usageError(`--ip: not an IP address: ${JSON.stringify(ip)}`);
 
     let config: WorkerConfig | undefined;
+    let files: ConfiguredFiles | undefined;
     if (values.config) {
       try {
         config = loadWorkerConfig(values.config, io.env);
+        files = readConfiguredFiles(config, values.config);
       } catch (err) {
         throw new CliError('CONFIG_INVALID', errorMessage(err), EXIT.usage, { cause: err });
       }
@@ -92,8 +94,8 @@ Exit codes: 0 nothing failed (warnings allowed), 1 a check failed, 2 usage or co
       ...ips.map((address, i) => ({ address, ehloName: extraEhlo[i] ?? extraEhlo[0] ?? config?.ehloName ?? `mail-out.${domain}` })),
     ];
     const ehloNames = [...(sources.length === 0 && config ? [config.ehloName] : []), ...(ips.length === 0 ? extraEhlo : [])];
-    const dkim = config
-      ? keysFor(config.dkim, domain).map((key) => ({ domain: key.domain, selector: key.selector, algorithm: key.algorithm, publicKey: createPublicKey(key.privateKey) }))
+    const dkim = files
+      ? keysFor(files.dkim, domain).map((key) => ({ domain: key.domain, selector: key.selector, algorithm: key.algorithm, publicKey: createPublicKey(key.privateKey) }))
       : [];
 
     let results: CheckResult[];
