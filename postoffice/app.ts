@@ -7,6 +7,7 @@ import { encodeJob, type OutboundJob } from '../shared/job.ts';
 import type { Logger } from '../shared/logger.ts';
 import { authenticateLegacyCredentials, authenticateSignedRequest, type AuthenticatedClient } from './auth.ts';
 import type { PostofficeConfig } from './config.ts';
+import { checkAuthorDomains, completeAddressFields } from './address-fields.ts';
 import { IdempotencyStore } from './idempotency.ts';
 import { parseJsonBody } from './json-body.ts';
 import { createPostofficeMetrics, type PostofficeMetrics } from './metrics.ts';
@@ -99,7 +100,7 @@ export function buildApp(config: PostofficeConfig, deps: PostofficeDeps): Fastif
 
   function reject(request: FastifyRequest, reply: FastifyReply, route: string, r: Rejection, fqdn?: string): FastifyReply {
     metrics.rejected.inc({ reason: r.code });
-    const entry = { event: 'rejected', route, reason: r.code, status: r.status, field: r.field, fqdn: fqdn?.slice(0, MAX_LOGGED_FQDN), ip: request.ip };
+    const entry = { event: 'rejected', route, reason: r.code, detail: r.detail, status: r.status, field: r.field, fqdn: fqdn?.slice(0, MAX_LOGGED_FQDN), ip: request.ip };
     if (r.status >= 500) logger.warn(entry);
     else logger.info(entry);
     if (r.status === 503) reply.header('retry-after', String(RETRY_AFTER_SECONDS));
@@ -150,7 +151,14 @@ export function buildApp(config: PostofficeConfig, deps: PostofficeDeps): Fastif
     if (!senderAllowed(submission.mailfrom, client.policy.senderDomains)) {
       return rejection(403, 'sender_domain_not_allowed', 'this client may not send from the domain of mailfrom', 'mailfrom');
     }
-    if (idempotencyKey === undefined) return enqueue(route, client, submission);
+    const completed = completeAddressFields(submission.data, { mailfrom: submission.mailfrom, fqdn: client.fqdn, senderDomains: client.policy.senderDomains });
+    if (client.policy.checkFromHeader) {
+      const authors = checkAuthorDomains(completed.fields, client.policy.senderDomains);
+      if (!authors.ok) return authors;
+    }
+    // The idempotency fingerprint stays that of the message as sent; the queue gets the completed one.
+    const queued = { ...submission, data: completed.data };
+    if (idempotencyKey === undefined) return enqueue(route, client, queued);
 
     const claim = idempotency.claim(client.fqdn, idempotencyKey, submissionFingerprint(submission), now());
     if (claim.status === 'mismatch') {
@@ -166,10 +174,10 @@ export function buildApp(config: PostofficeConfig, deps: PostofficeDeps): Fastif
         return rejection(503, 'queue_unavailable', 'the queue is unavailable, retry later');
       }
     }
-    const queued = await enqueue(route, client, submission);
-    if (queued.ok) claim.complete(queued.value);
-    else claim.abandon(queued.rejection);
-    return queued;
+    const put = await enqueue(route, client, queued);
+    if (put.ok) claim.complete(put.value);
+    else claim.abandon(put.rejection);
+    return put;
   }
 
   // Signed requests need the exact body bytes for the digest: keep JSON as a Buffer

@@ -7,6 +7,8 @@ export interface Rejection {
   code: string;
   message: string;
   field?: string;
+  /** For the server's log only, never sent: what `code` deliberately does not tell (e.g. `unknown_fqdn`). */
+  detail?: string;
 }
 
 /** What a check of a request gives: the checked value, or the rejection to answer with. */

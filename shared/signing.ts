@@ -20,21 +20,27 @@ export const HEADER = {
 
 export const DEFAULT_WINDOW_SECONDS = 300;
 
-export interface SignedParts {
+/**
+ * The body, or its SHA-256 in hex when it was hashed while it streamed in (the post office
+ * never holds an unauthenticated body just to hash it).
+ */
+export type SignedBody = { body: Uint8Array | string } | { bodySha256: string };
+
+export type SignedParts = {
   method: string;
   path: string;
   timestamp: number;
   fqdn: string;
   idempotencyKey: string;
-  body: Uint8Array | string;
-}
+} & SignedBody;
 
 export function sha256Hex(body: Uint8Array | string): string {
   return createHash('sha256').update(body).digest('hex');
 }
 
 export function canonicalString(parts: SignedParts): string {
-  return [parts.method.toUpperCase(), parts.path, String(parts.timestamp), parts.fqdn, parts.idempotencyKey, sha256Hex(parts.body)].join('\n');
+  const digest = 'bodySha256' in parts ? parts.bodySha256 : sha256Hex(parts.body);
+  return [parts.method.toUpperCase(), parts.path, String(parts.timestamp), parts.fqdn, parts.idempotencyKey, digest].join('\n');
 }
 
 export function computeSignature(key: string, parts: SignedParts): string {
@@ -43,7 +49,7 @@ export function computeSignature(key: string, parts: SignedParts): string {
 
 export function signRequest(
   key: string,
-  request: Omit<SignedParts, 'timestamp' | 'idempotencyKey'> & { idempotencyKey?: string; now?: number },
+  request: { method: string; path: string; fqdn: string; body: Uint8Array | string; idempotencyKey?: string; now?: number },
 ): Record<string, string> {
   const timestamp = Math.floor((request.now ?? Date.now()) / 1000);
   const idempotencyKey = request.idempotencyKey ?? '';
@@ -62,19 +68,31 @@ export type VerifyFailure = 'missing_signature' | 'bad_timestamp' | 'stale_times
 export type VerifyResult = { ok: true; timestamp: number } | { ok: false; code: VerifyFailure };
 
 /**
- * Checks the signature in constant time and the timestamp against a window of
- * ±windowSeconds. The caller looks up the key for the fqdn and handles replays.
+ * The timestamp header against a window of ±windowSeconds: checked on its own first, so a
+ * server can refuse a stale request before it looks up the key (or reads the body).
+ */
+export function checkTimestamp(timestamp: string | undefined, options: { now?: number; windowSeconds?: number } = {}): VerifyResult {
+  if (timestamp === undefined) return { ok: false, code: 'missing_signature' };
+  if (!/^\d{1,12}$/.test(timestamp)) return { ok: false, code: 'bad_timestamp' };
+  const seconds = Number(timestamp);
+  const now = Math.floor((options.now ?? Date.now()) / 1000);
+  if (Math.abs(now - seconds) > (options.windowSeconds ?? DEFAULT_WINDOW_SECONDS)) return { ok: false, code: 'stale_timestamp' };
+  return { ok: true, timestamp: seconds };
+}
+
+/**
+ * Checks the timestamp (checkTimestamp) and the signature, in constant time. The caller
+ * looks up the key for the fqdn and handles replays.
  */
 export function verifySignature(
   key: string,
-  request: { method: string; path: string; fqdn: string; timestamp: string | undefined; signature: string | undefined; idempotencyKey: string | undefined; body: Uint8Array | string },
+  request: { method: string; path: string; fqdn: string; timestamp: string | undefined; signature: string | undefined; idempotencyKey: string | undefined } & SignedBody,
   options: { now?: number; windowSeconds?: number } = {},
 ): VerifyResult {
   if (!request.signature || request.timestamp === undefined) return { ok: false, code: 'missing_signature' };
-  if (!/^\d{1,12}$/.test(request.timestamp)) return { ok: false, code: 'bad_timestamp' };
-  const timestamp = Number(request.timestamp);
-  const now = Math.floor((options.now ?? Date.now()) / 1000);
-  if (Math.abs(now - timestamp) > (options.windowSeconds ?? DEFAULT_WINDOW_SECONDS)) return { ok: false, code: 'stale_timestamp' };
+  const checked = checkTimestamp(request.timestamp, options);
+  if (!checked.ok) return checked;
+  const timestamp = checked.timestamp;
   const expected = Buffer.from(
     computeSignature(key, { ...request, timestamp, idempotencyKey: request.idempotencyKey ?? '' }),
     'hex',

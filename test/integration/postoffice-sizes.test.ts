@@ -65,7 +65,9 @@ describe('message sizes up to limits.maxMessageBytes (real post office, real bea
       await job.delete();
       const queued = decodeOutboundJob(job.payload);
       assert.equal(queued.id, answer.body.id);
-      assert.ok(Buffer.from(queued.data, 'base64').equals(messageOf(size)), 'the queued message is the one sent');
+      // The 1-byte message has no From:, so the post office puts one on top (and ends its line).
+      const data = Buffer.from(queued.data, 'base64');
+      assert.ok(data.equals(messageOf(size)) || (size === 1 && data.equals(Buffer.from('From: a@sizes.test\r\nF\r\n'))), 'the queued message is the one sent');
     });
   }
 

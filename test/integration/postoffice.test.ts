@@ -1,5 +1,8 @@
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { promisify } from 'node:util';
 import { pino } from 'pino';
@@ -11,6 +14,7 @@ import { postofficeConfigSchema } from '../../postoffice/config.ts';
 import { startPostoffice, type RunningPostoffice } from '../../postoffice/server.ts';
 import { startBeanstalkd, type BeanstalkdProcess } from '../helpers/beanstalkd.ts';
 import { freePort, waitFor } from '../helpers/ports.ts';
+import { readmeSignedCurl } from '../helpers/readme.ts';
 
 const run = promisify(execFile);
 
@@ -22,11 +26,13 @@ const MAX_RCPTS = 10;
 // 8-bit and CRLF content: what arrives in the tube must be these exact bytes.
 const MESSAGE = Buffer.concat([Buffer.from('From: a@example.com\r\nTo: b@example.org\r\nSubject: caf'), Buffer.from([0xe9]), Buffer.from('\r\n\r\nline one\r\n.\r\nline three\xff\r\n', 'latin1')]);
 
-/**
- * The README's shell recipe for a signed request, run literally by bash.
- * Inputs come from the environment: body, FQDN, KEY, URL.
- */
-const SIGNED_CURL_PIPELINE = `ts=$(date +%s); digest=$(printf '%s' "$body" | openssl dgst -sha256 -hex | sed 's/^.* //'); sig=$(printf 'POST\\n/v1/messages\\n%s\\n%s\\n%s\\n%s' "$ts" "$FQDN" "" "$digest" | openssl dgst -sha256 -hmac "$KEY" -hex | sed 's/^.* //'); curl -sS -X POST "$URL/v1/messages" -H 'content-type: application/json' -H "x-hedwig-fqdn: $FQDN" -H "x-hedwig-timestamp: $ts" -H "x-hedwig-signature: $sig" --data-binary "$body"`;
+/** The README's shell recipe for a signed request, run literally by bash in a directory holding message.json. */
+async function runReadmeCurl(body: string | Buffer, url: string): Promise<string> {
+  const dir = mkdtempSync(join(tmpdir(), 'hedwig-readme-curl-'));
+  writeFileSync(join(dir, 'message.json'), body);
+  const { stdout } = await run('bash', ['-c', readmeSignedCurl()], { cwd: dir, env: { PATH: process.env.PATH, FQDN, KEY, URL: url }, timeout: 15_000 });
+  return stdout;
+}
 
 function captureLogger(lines: string[]) {
   return pino({ level: 'info' }, { write: (line: string) => void lines.push(line) });
@@ -112,17 +118,28 @@ describe('post office against a real beanstalkd', { timeout: 90_000 }, () => {
   });
 
   it('accepts a request signed by the README shell pipeline (bash, openssl, curl)', async () => {
-    const body = JSON.stringify({ mailfrom: 'sender@example.com', rcpttos: ['one@example.org'], data: 'Subject: from curl\r\n\r\nhi there\r\n' });
-    const { stdout } = await run('bash', ['-c', SIGNED_CURL_PIPELINE], { env: { PATH: process.env.PATH, body, FQDN, KEY, URL: postoffice.url }, timeout: 15_000 });
+    const data = 'From: sender@example.com\r\nSubject: from curl\r\n\r\nhi there\r\n';
+    const stdout = await runReadmeCurl(JSON.stringify({ mailfrom: 'sender@example.com', rcpttos: ['one@example.org'], data }), postoffice.url);
     const answer = JSON.parse(stdout) as { id?: string; error?: string };
     assert.equal(answer.error, undefined, stdout);
     const job = await takeJob(reader);
     assert.equal(job.id, answer.id);
-    assert.equal(Buffer.from(job.data, 'base64').toString(), 'Subject: from curl\r\n\r\nhi there\r\n');
+    assert.equal(Buffer.from(job.data, 'base64').toString(), data);
+  });
+
+  it('the README shell pipeline works for a body over 128 KiB (the kernel limit of one argument)', async () => {
+    const message = Buffer.concat([Buffer.from('From: sender@example.com\r\nSubject: big\r\n\r\n'), Buffer.alloc(MAX_BYTES - 50, 0xe9)]);
+    const body = submission(message);
+    assert.ok(body.length > 128 * 1024);
+    const answer = JSON.parse(await runReadmeCurl(body, postoffice.url)) as { id?: string; error?: string };
+    assert.equal(answer.error, undefined);
+    const job = await takeJob(reader);
+    assert.equal(job.id, answer.id);
+    assert.deepEqual(Buffer.from(job.data, 'base64'), message);
   });
 
   it('accepts the legacy hedwig form post from curl --data-urlencode and answers 200', async () => {
-    const email = JSON.stringify({ mailfrom: 'sender@example.com', rcpttos: ['one@example.org'], data: 'Subject: legacy\r\n\r\nfrom the old client & co.\r\n' });
+    const email = JSON.stringify({ mailfrom: 'sender@example.com', rcpttos: ['one@example.org'], data: 'From: sender@example.com\r\nSubject: legacy\r\n\r\nfrom the old client & co.\r\n' });
     const { stdout } = await run(
       'curl',
       ['-sS', '-w', '\n%{http_code}', '--data-urlencode', `fqdn=${FQDN}`, '--data-urlencode', `key=${KEY}`, '--data-urlencode', `email=${email}`, `${postoffice.url}/`],
@@ -132,7 +149,7 @@ describe('post office against a real beanstalkd', { timeout: 90_000 }, () => {
     assert.equal(status, '200', stdout);
     const job = await takeJob(reader);
     assert.equal(job.id, (JSON.parse(body!) as { id: string }).id);
-    assert.equal(Buffer.from(job.data, 'base64').toString(), 'Subject: legacy\r\n\r\nfrom the old client & co.\r\n');
+    assert.equal(Buffer.from(job.data, 'base64').toString(), 'From: sender@example.com\r\nSubject: legacy\r\n\r\nfrom the old client & co.\r\n');
 
     const wrong = await run('curl', ['-sS', '-w', '\n%{http_code}', '--data-urlencode', `fqdn=${FQDN}`, '--data-urlencode', 'key=wrong', '--data-urlencode', `email=${email}`, `${postoffice.url}/`], { timeout: 15_000 });
     assert.deepEqual(wrong.stdout.split('\n'), ['{"error":"bad_credentials","message":"unknown fqdn or wrong key"}', '401']);

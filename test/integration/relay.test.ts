@@ -15,6 +15,7 @@ import { startBeanstalkd, type BeanstalkdProcess } from '../helpers/beanstalkd.t
 import { startDns, type DnsServer } from '../helpers/dns.ts';
 import { freePort, waitFor } from '../helpers/ports.ts';
 import { startSmtpSink, type SinkMessage, type SmtpSink } from '../helpers/smtp-sink.ts';
+import { readmeSignedCurl } from '../helpers/readme.ts';
 import { startTier, type TierProcess } from '../helpers/tiers.ts';
 
 const FQDN = 'app1.example.test';
@@ -27,17 +28,23 @@ interface RunResult {
   stderr: string;
 }
 
-function run(command: string, args: string[], options: { input?: string | Buffer; env?: NodeJS.ProcessEnv } = {}): Promise<RunResult> {
+/** `body`, when given, is written to ./message.json of a fresh working directory (as the README recipe reads it). */
+function run(command: string, args: string[], options: { input?: string | Buffer; env?: NodeJS.ProcessEnv; body?: string } = {}): Promise<RunResult> {
+  let cwd: string | undefined;
+  if (options.body !== undefined) {
+    cwd = mkdtempSync(join(tmpdir(), 'hedwig-e2e-curl-'));
+    writeFileSync(join(cwd, 'message.json'), options.body);
+  }
   return new Promise((resolve) => {
-    const child = execFile(command, args, { timeout: 30_000, env: options.env ?? process.env, encoding: 'utf8' }, (err, stdout, stderr) => {
+    const child = execFile(command, args, { timeout: 30_000, env: options.env ?? process.env, encoding: 'utf8', cwd }, (err, stdout, stderr) => {
       resolve({ code: err ? (typeof err.code === 'number' ? err.code : 1) : 0, stdout, stderr });
     });
     child.stdin?.end(options.input ?? '');
   });
 }
 
-/** The README's shell recipe for a signed request, run literally by bash. */
-const SIGNED_CURL = `ts=$(date +%s); digest=$(printf '%s' "$body" | openssl dgst -sha256 -hex | sed 's/^.* //'); sig=$(printf 'POST\\n/v1/messages\\n%s\\n%s\\n%s\\n%s' "$ts" "$FQDN" "" "$digest" | openssl dgst -sha256 -hmac "$KEY" -hex | sed 's/^.* //'); curl -sS -w '\\n%{http_code}' -X POST "$URL/v1/messages" -H 'content-type: application/json' -H "x-hedwig-fqdn: $FQDN" -H "x-hedwig-timestamp: $ts" -H "x-hedwig-signature: $sig" --data-binary "$body"`;
+/** The README's shell recipe for a signed request, run literally by bash, printing the status too. */
+const SIGNED_CURL = readmeSignedCurl().replace('curl -sS ', "curl -sS -w '\\n%{http_code}' ");
 
 function message(subject: string, to: string, body = 'Hello from hedwig.\r\n'): string {
   return [
@@ -190,7 +197,7 @@ describe('hedwig end to end', { timeout: 240_000 }, () => {
   it('delivers a message posted with curl to the signed JSON API (signature made with openssl)', async () => {
     const sent = message('from curl json', 'erin@dest.test');
     const body = JSON.stringify({ mailfrom: FROM, rcpttos: ['erin@dest.test'], data: sent });
-    const result = await run('bash', ['-c', SIGNED_CURL], { env: { PATH: process.env.PATH, body, FQDN, KEY, URL: `http://127.0.0.1:${postofficePort}` } });
+    const result = await run('bash', ['-c', SIGNED_CURL], { body, env: { PATH: process.env.PATH, FQDN, KEY, URL: `http://127.0.0.1:${postofficePort}` } });
     const [json, status] = result.stdout.trim().split('\n');
     assert.equal(status, '202', result.stdout + result.stderr);
     assert.match(JSON.parse(json!).id, /\S/);
@@ -212,17 +219,17 @@ describe('hedwig end to end', { timeout: 240_000 }, () => {
     const url = `http://127.0.0.1:${postofficePort}`;
     const body = JSON.stringify({ mailfrom: FROM, rcpttos: ['gina@dest.test'], data: message('replay', 'gina@dest.test') });
 
-    const wrongKey = await run('bash', ['-c', SIGNED_CURL], { env: { PATH: process.env.PATH, body, FQDN, KEY: 'f'.repeat(64), URL: url } });
+    const wrongKey = await run('bash', ['-c', SIGNED_CURL], { body, env: { PATH: process.env.PATH, FQDN, KEY: 'f'.repeat(64), URL: url } });
     assert.equal(wrongKey.stdout.trim().split('\n').pop(), '401');
     assert.equal(JSON.parse(wrongKey.stdout.trim().split('\n')[0]!).error, 'bad_signature');
 
-    const unknownHost = await run('bash', ['-c', SIGNED_CURL], { env: { PATH: process.env.PATH, body, FQDN: 'stranger.example.test', KEY, URL: url } });
+    const unknownHost = await run('bash', ['-c', SIGNED_CURL], { body, env: { PATH: process.env.PATH, FQDN: 'stranger.example.test', KEY, URL: url } });
     assert.equal(unknownHost.stdout.trim().split('\n').pop(), '401');
-    assert.equal(JSON.parse(unknownHost.stdout.trim().split('\n')[0]!).error, 'unknown_fqdn');
+    assert.equal(JSON.parse(unknownHost.stdout.trim().split('\n')[0]!).error, 'bad_signature');
 
     // Sign one body, send another: print the headers the pipeline would use, then send a tampered body with them.
     const signOnly = SIGNED_CURL.replace(/curl -sS .*$/, 'printf "%s %s" "$ts" "$sig"');
-    const [ts, sig] = (await run('bash', ['-c', signOnly], { env: { PATH: process.env.PATH, body, FQDN, KEY, URL: url } })).stdout.split(' ');
+    const [ts, sig] = (await run('bash', ['-c', signOnly], { body, env: { PATH: process.env.PATH, FQDN, KEY, URL: url } })).stdout.split(' ');
     const headers = ['-H', 'content-type: application/json', '-H', `x-hedwig-fqdn: ${FQDN}`, '-H', `x-hedwig-timestamp: ${ts}`, '-H', `x-hedwig-signature: ${sig}`];
     const tampered = await run('curl', ['-sS', '-w', '\n%{http_code}', ...headers, '--data-binary', body.replace('gina@', 'mallory@'), `${url}/v1/messages`]);
     assert.equal(tampered.stdout.trim().split('\n').pop(), '401');

@@ -115,7 +115,7 @@ describe('POST /v1/messages: accepted messages', () => {
 
   it('keeps 8-bit content byte for byte when sent as data_base64', async () => {
     const s = setup();
-    const bytes = Buffer.concat([Buffer.from('Subject: caf'), Buffer.from([0xe9, 0x00, 0xff]), Buffer.from('\r\n\r\nbody\r\n')]);
+    const bytes = Buffer.concat([Buffer.from('From: sender@example.com\r\nSubject: caf'), Buffer.from([0xe9, 0x00, 0xff]), Buffer.from('\r\n\r\nbody\r\n')]);
     const res = await sendSigned(s, message({ data: undefined, data_base64: bytes.toString('base64') }));
     assert.equal(res.statusCode, 202);
     assert.deepEqual(Buffer.from(s.queue.jobs[0]!.data, 'base64'), bytes);
@@ -179,9 +179,14 @@ describe('POST /v1/messages: authentication (checked before anything else about 
     assertRejected(s, res, 401, { error: 'missing_signature' });
   });
 
-  it('rejects an unknown fqdn', async () => {
+  it('answers an unknown fqdn exactly like a wrong key, and judges the timestamp first (issue 12.14)', async () => {
     const s = setup();
-    assertRejected(s, await sendSigned(s, message(), { fqdn: 'stranger.example.net' }), 401, { error: 'unknown_fqdn' });
+    const unknown = await sendSigned(s, message(), { fqdn: 'stranger.example.net' });
+    const wrongKey = await sendSigned(s, message(), { key: 'not-the-key-0123456789abcdef0123456789' });
+    assertRejected(s, unknown, 401, { error: 'bad_signature' });
+    assert.equal(unknown.body, wrongKey.body);
+    assertRejected(s, await sendSigned(s, message(), { fqdn: 'stranger.example.net', nowMs: s.clock.nowMs - 301_000 }), 401, { error: 'stale_timestamp' });
+    assert.ok(s.logLines.some((l) => JSON.parse(l).detail === 'unknown_fqdn'), 'the log keeps the distinction');
   });
 
   it('rejects a signature made with another key', async () => {
@@ -271,10 +276,12 @@ describe('POST /v1/messages: validation', () => {
     const s = setup({ limits: { maxMessageBytes: 10 * 1024 * 1024, maxRecipients: 3 } });
     for (const size of [1, 3.5 * 1024 * 1024, 5 * 1024 * 1024, 10 * 1024 * 1024]) {
       const bytes = Buffer.alloc(size, 'a');
-      bytes.write('Subject: big\r\n\r\n');
+      bytes.write('From: sender@example.com\r\nSubject: big\r\n\r\n');
       const res = await sendSigned(s, message({ data: undefined, data_base64: bytes.toString('base64') }));
       assert.equal(res.statusCode, 202, `${size} bytes: ${res.body}`);
-      assert.equal(Buffer.from(s.queue.jobs.at(-1)!.data, 'base64').length, size);
+      // The 1-byte message is too short for its From:, so it gets one on top (and its line an end).
+      const queued = Buffer.from(s.queue.jobs.at(-1)!.data, 'base64');
+      assert.ok(queued.equals(size === 1 ? Buffer.from('From: sender@example.com\r\nF\r\n') : bytes));
     }
     const bad = `${Buffer.alloc(5 * 1024 * 1024, 'a').toString('base64')}*AAA`;
     const res = await sendSigned(s, message({ data: undefined, data_base64: bad }));

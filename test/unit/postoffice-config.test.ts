@@ -58,8 +58,8 @@ describe('post office configuration', () => {
       {},
     );
     assert.deepEqual(config.clients, {
-      'app1.example.net': { key: KEY, senderDomains: ['example.com', '*'] },
-      'app2.example.net': { key: 'f'.repeat(40), senderDomains: ['example.org'] },
+      'app1.example.net': { key: KEY, senderDomains: ['example.com', '*'], checkFromHeader: true },
+      'app2.example.net': { key: 'f'.repeat(40), senderDomains: ['example.org'], checkFromHeader: true },
     });
   });
 
