@@ -7,6 +7,10 @@
  * beanstalkd answers the commands of one connection strictly in order, and a reserve blocks
  * the connection until it returns: a command sent behind a pending reserve waits for it.
  * Use one client per concurrent reserver (and another for puts).
+ *
+ * Longer than 300 lines on purpose: it is one state machine (connect, reconnect and the
+ * tube state it re-applies, commands on the current connection, job operations on the
+ * reserving one); the protocol values and the socket live in their own files already.
  */
 import { EventEmitter } from 'node:events';
 import { Connection, describeCause, type BeanstalkAddress, type FivebeansCommand } from './beanstalk-connection.ts';

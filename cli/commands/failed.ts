@@ -1,3 +1,8 @@
+/**
+ * `hedwig failed list|show|retry|report`. One file of ~380 lines on purpose: the four
+ * commands share the scan of every server, the filters, the table rows and the help texts
+ * above them, and each command is a short block below its own heading.
+ */
 import { domainOf } from '../../shared/address.ts';
 import type { BeanstalkAddress, BeanstalkClient } from '../../shared/beanstalk.ts';
 import { decodeFailedJob, encodeJob, JOB_TTR_SECONDS, TUBE, type FailedJob, type Failure } from '../../shared/job.ts';
