@@ -1,6 +1,7 @@
 import { promises as dns, type MxRecord } from 'node:dns';
 import { isIP } from 'node:net';
 import { z } from 'zod';
+import { isValidDomain } from '../shared/address.ts';
 import { errorCode } from '../shared/errors.ts';
 import { parseHostPort } from '../shared/host-port.ts';
 import { ownVerdict, type Verdict } from './classify.ts';
@@ -88,7 +89,7 @@ export interface RouteResolver {
 
 const MAX_CACHED_DOMAINS = 10_000;
 
-type LookupFailure = 'nxdomain' | 'nodata' | 'temporary';
+type LookupFailure = 'nxdomain' | 'nodata' | 'badname' | 'temporary';
 
 interface AddressLookup {
   addresses: string[];
@@ -101,6 +102,8 @@ function failureKind(err: unknown): LookupFailure {
   const code = errorCode(err);
   if (code === dns.NOTFOUND) return 'nxdomain';
   if (code === dns.NODATA) return 'nodata';
+  // The resolver refused the name itself: asking again in an hour gives the same answer.
+  if (code === dns.BADNAME) return 'badname';
   // SERVFAIL, TIMEOUT, REFUSED, CONNREFUSED, bad responses: someone else's outage, try later.
   return 'temporary';
 }
@@ -175,6 +178,7 @@ export function createRouteResolver(options: RouteSettings): RouteResolver {
     } catch (err) {
       const kind = failureKind(err);
       if (kind === 'nxdomain') return { route: fail.noSuchDomain(`${domain}: no such domain (NXDOMAIN)`), ttl: 0 };
+      if (kind === 'badname') return { route: fail.noSuchDomain(`${domain} is not a name DNS can look up (${errorCode(err)})`), ttl: 0 };
       if (kind === 'temporary') return { route: fail.temporary(`MX lookup for ${domain} failed (${errorCode(err)})`), ttl: 0 };
       // No MX records: the domain itself is the mail host (RFC 5321 §5.1 implicit MX).
       const implicit = await lookupAddresses(domain);
@@ -218,6 +222,11 @@ export function createRouteResolver(options: RouteSettings): RouteResolver {
       const domain = rawDomain.toLowerCase();
       const staticRoute = options.routes[domain];
       if (staticRoute !== undefined) return viaStaticRoute(domain, staticRoute);
+      // An address literal (user@[192.0.2.1]) or a name that is no domain can never resolve: bounce
+      // at once rather than retry for days. The post office refuses literals at submission; jobs
+      // queued before that still hold them.
+      if (domain.startsWith('[')) return fail.noSuchDomain(`${domain}: hedwig does not deliver to address literals`);
+      if (!isValidDomain(domain)) return fail.noSuchDomain(`${domain} is not a name DNS can look up`);
 
       const cached = cache.get(domain);
       if (cached && cached.expiresAt > now()) {
