@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import { createHash, X509Certificate } from 'node:crypto';
 import { createSocket } from 'node:dgram';
 import { readFileSync } from 'node:fs';
-import { createServer } from 'node:net';
+import { createServer, type AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import dnsPacket, { type Answer } from 'dns-packet';
 import { createDaneLookup, verifyDane, type TlsaRecord } from '../../worker/dane.ts';
@@ -139,18 +139,21 @@ describe('secure DNS queries (AD bit)', () => {
       const flags = dnsPacket.RECURSION_AVAILABLE | (q.name.startsWith('secure') ? dnsPacket.AUTHENTIC_DATA : 0) | (truncated ? dnsPacket.TRUNCATED_RESPONSE : 0);
       return dnsPacket.encode({ type: 'response', id: query.id, flags, questions: query.questions, answers });
     };
+    // The OS picks the TCP port; the UDP socket then takes the same number (a resolver is one
+    // address for both). Picking UDP first raced other processes for the TCP port on a busy machine.
+    const tcp = createServer((socket) => {
+      socket.once('data', (data) => socket.end(dnsPacket.streamEncode({ ...dnsPacket.decode(answerFor(dnsPacket.streamDecode(data) as dnsPacket.DecodedPacket, false)), type: 'response' })));
+    });
+    closers.push(() => tcp.close());
+    await new Promise<void>((resolve, reject) => tcp.once('error', reject).listen(0, '127.0.0.1', resolve));
+    const port = (tcp.address() as AddressInfo).port;
     const udp = createSocket('udp4');
     udp.on('message', (message, peer) => {
       const query = dnsPacket.decode(message);
       udp.send(answerFor(query, query.questions![0]!.type === 'TLSA'), peer.port, peer.address);
     });
-    await new Promise<void>((resolve) => udp.bind(0, '127.0.0.1', resolve));
-    const port = udp.address().port;
-    const tcp = createServer((socket) => {
-      socket.once('data', (data) => socket.end(dnsPacket.streamEncode({ ...dnsPacket.decode(answerFor(dnsPacket.streamDecode(data) as dnsPacket.DecodedPacket, false)), type: 'response' })));
-    });
-    await new Promise<void>((resolve) => tcp.listen(port, '127.0.0.1', resolve));
-    closers.push(() => udp.close(), () => tcp.close());
+    closers.push(() => udp.close());
+    await new Promise<void>((resolve, reject) => udp.once('error', reject).bind(port, '127.0.0.1', resolve));
     return `127.0.0.1:${port}`;
   }
 
