@@ -2,9 +2,11 @@ import { hostname } from 'node:os';
 import { z } from 'zod';
 import { ConfigError, hostPortSchema, loadConfig, type KeyIssue } from '../shared/config.ts';
 import { TUBE } from '../shared/job.ts';
+import { daneSchema } from './dane.ts';
 import { dkimSchema, loadDkimKeys, type DkimKeys } from './dkim.ts';
 import { headersSchema } from './headers.ts';
 import { limitsSchema } from './limits.ts';
+import { mtaStsSchema } from './mta-sts.ts';
 import { bouncesSchema } from './notices.ts';
 import { connectionsSchema } from './pool.ts';
 import { dnsSchema, routesSchema } from './route.ts';
@@ -12,6 +14,7 @@ import { retrySchema } from './settle.ts';
 import { timeoutsSchema } from './smtp-session.ts';
 import { sourceSchema } from './source-ip.ts';
 import { loadTrustAnchors, tlsSchema } from './tls-policy.ts';
+import { tlsRptSchema } from './tls-rpt.ts';
 import { webhookConfigFrom, webhookConfigSchema, type WebhookConfig } from './webhook.ts';
 
 /**
@@ -45,6 +48,15 @@ export const workerConfigSchema = z
     dkim: dkimSchema,
     headers: headersSchema,
     tls: tlsSchema,
+    mtaSts: mtaStsSchema,
+    dane: daneSchema,
+    tlsRpt: tlsRptSchema,
+    /**
+     * Where the worker keeps what must survive a restart: fetched MTA-STS policies and the
+     * TLS-RPT counts of the current period. Give each worker its own (or share it: the
+     * policy file is rewritten whole, the counts are per worker); unwritable means in memory only.
+     */
+    stateDir: z.string().min(1).default('./data/worker'),
     source: sourceSchema,
     connections: connectionsSchema,
     limits: limitsSchema,

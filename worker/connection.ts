@@ -67,8 +67,13 @@ export function createConnector(options: ConnectorOptions): Connector {
   return {
     async connect(target, { reuse }) {
       const { host, address, source, bucket } = target;
-      const tlsTarget: TlsTarget = { domain: target.domain, mxName: host.name, address };
+      const tlsTarget: TlsTarget = { domain: target.domain, mxName: host.name, address, port: host.port, ...(host.origin ? { origin: host.origin } : {}) };
       let decision = await tlsPolicy.decide(tlsTarget);
+      if (decision.refuse) {
+        // A policy rules this host out before any connection (MTA-STS enforce, a failed DANE lookup): try the next one.
+        options.logger.info({ event: 'attempt', mx: host.name, address, port: host.port, tlsPolicy: decision.mode, stage: 'tls-policy', outcome: decision.refuse.outcome, response: decision.refuse.response });
+        return { ok: false, verdict: decision.refuse, refused: false };
+      }
       let backOff: Verdict | undefined;
       for (;;) {
         if (signal?.aborted) return { ok: false, verdict: SHUTDOWN_VERDICT, refused: false, ...(backOff ? { backOff } : {}) };
@@ -91,6 +96,13 @@ export function createConnector(options: ConnectorOptions): Connector {
         const stopClosing = session.closeOnAbort(signal);
         try {
           await session.handshake();
+          const judged = tlsPolicy.afterHandshake?.(tlsTarget, decision, session) ?? { ok: true as const };
+          if (!judged.ok) {
+            // The session is secure but not with this server's certificate (DANE): never used for mail.
+            pool.discard(pooled, 'quit');
+            options.logger.info({ event: 'attempt', mx: host.name, address, port: host.port, sourceIp: session.localAddress ?? source.localAddress, tlsPolicy: decision.mode, ...session.tlsDetails(), stage: 'tls-policy', outcome: judged.verdict.outcome, response: judged.verdict.response });
+            return { ok: false, verdict: judged.verdict, refused: false, ...(backOff ? { backOff } : {}) };
+          }
           return { ok: true, pooled, reused: false, tls: decision, ...(backOff ? { backOff } : {}) };
         } catch (err) {
           pool.discard(pooled, 'close');

@@ -1,5 +1,6 @@
 import { createHash, createPublicKey, X509Certificate } from 'node:crypto';
 import type { TlsaData } from 'dns-packet';
+import { z } from 'zod';
 import type { SecureResolver } from './secure-dns.ts';
 
 /**
@@ -18,6 +19,18 @@ import type { SecureResolver } from './secure-dns.ts';
  * Selectors: 0 (whole certificate), 1 (SubjectPublicKeyInfo); matching types: 0 (exact),
  * 1 (SHA-256), 2 (SHA-512).
  */
+
+/**
+ * `dane`: DANE towards MX hosts, through the resolver of `dns.servers` (or the system's),
+ * which must validate DNSSEC for DANE to apply at all. Answers are cached for their TTL, at
+ * most `dns.cacheMaxSeconds`.
+ */
+export const daneSchema = z
+  .object({
+    enabled: z.boolean().default(true),
+  })
+  .strict()
+  .prefault({});
 
 export interface TlsaRecord {
   usage: number;
@@ -191,17 +204,4 @@ export function verifyDane(chain: X509Certificate[], records: TlsaRecord[], mxNa
     return { ok: true, usage: 2 };
   }
   return { ok: false, resultType: 'validation-failure', message: `${mxName}: ${why}` };
-}
-
-/** The chain a TLS socket's peer sent, its own certificate first (Node links it by issuer; the self-signed root ends it). */
-export function peerChain(socket: { getPeerCertificate(detailed: true): unknown }): X509Certificate[] {
-  const chain: X509Certificate[] = [];
-  let current = socket.getPeerCertificate(true) as { raw?: Buffer; issuerCertificate?: unknown } | undefined;
-  const seen = new Set<unknown>();
-  while (current?.raw && !seen.has(current) && chain.length < 10) {
-    seen.add(current);
-    chain.push(new X509Certificate(current.raw));
-    current = current.issuerCertificate as typeof current;
-  }
-  return chain;
 }

@@ -7,7 +7,7 @@ import { createConnectionPool, type ConnectionPool, type PoolSettings } from './
 import type { MxHost } from './route.ts';
 import type { SessionTimeouts } from './smtp-session.ts';
 import { createSourceSelector, type SourceSelector, type SourceSettings } from './source-ip.ts';
-import { createTlsPolicy, type TlsPolicySettings } from './tls-policy.ts';
+import { createTlsPolicy, type TlsPolicy, type TlsPolicySettings } from './tls-policy.ts';
 import { runTransaction, type TransactionMessage } from './transaction.ts';
 
 /**
@@ -54,6 +54,8 @@ export interface DelivererOptions {
   outgoing?: OutgoingSettings;
   /** Default: opportunistic STARTTLS (`may`) everywhere, broken hosts remembered for an hour. */
   tls?: TlsPolicySettings;
+  /** The TLS-policy decision itself (transport-security.ts: with MTA-STS and DANE); default: from `tls` alone. */
+  tlsPolicy?: TlsPolicy;
   /** Default: no pool, the operating system picks the address, `ehloName`. */
   source?: SourceSettings;
   /** Default: no reuse (every transaction on its own connection). */
@@ -93,7 +95,7 @@ export function createDeliverer(options: DelivererOptions): Deliverer {
   const limiter = options.limiter;
   const connector: Connector = createConnector({
     pool,
-    tlsPolicy: createTlsPolicy(options.tls ?? DEFAULT_TLS, now),
+    tlsPolicy: options.tlsPolicy ?? createTlsPolicy(options.tls ?? DEFAULT_TLS, now),
     ...(limiter ? { limiter } : {}),
     timeouts: options.timeouts,
     logger: options.logger,

@@ -27,6 +27,10 @@ export interface WorkerMetrics {
   /** Delivery status notifications queued for senders: failure, delay. */
   notices: Counter<'kind'>;
   webhookEvents: Counter<'type'>;
+  /** TLS sessions under a recipient domain's policy (MTA-STS, DANE): success or an RFC 8460 result type. */
+  tlsPolicySessions: Counter<'policy' | 'result'>;
+  /** TLS-RPT aggregate reports by how they went (https, mailto) and result. */
+  tlsReports: Counter<'via' | 'result'>;
   webhookDeliveries: Counter<'result'>;
   statusUpdates: Counter<'result'>;
 }
@@ -126,6 +130,28 @@ export function createWorkerMetrics(registry: Registry): WorkerMetrics {
           name: 'hedwig_worker_webhook_deliveries_total',
           help: 'Webhook requests by result: delivered (2xx), failed (retried later), gave_up (older than maxAgeSeconds; buried).',
           labelNames: ['result'],
+          registers,
+        }),
+    ),
+    tlsPolicySessions: metric(
+      registry,
+      'hedwig_worker_tls_policy_sessions_total',
+      (registers) =>
+        new Counter({
+          name: 'hedwig_worker_tls_policy_sessions_total',
+          help: 'TLS sessions under a recipient domain policy: policy (sts, tlsa), result (success or the RFC 8460 result type).',
+          labelNames: ['policy', 'result'],
+          registers,
+        }),
+    ),
+    tlsReports: metric(
+      registry,
+      'hedwig_worker_tls_reports_total',
+      (registers) =>
+        new Counter({
+          name: 'hedwig_worker_tls_reports_total',
+          help: 'TLS-RPT aggregate reports: via (https, mailto), result (sent, failed).',
+          labelNames: ['via', 'result'],
           registers,
         }),
     ),

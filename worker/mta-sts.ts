@@ -1,5 +1,6 @@
 import { request } from 'node:https';
 import type { LookupFunction } from 'node:net';
+import { z } from 'zod';
 import { parsePolicy, resolvePolicy, validateMx } from 'mailauth/lib/mta-sts.js';
 import type { Logger } from '../shared/logger.ts';
 import type { PolicyFileCache, StoredPolicy } from './mta-sts-cache.ts';
@@ -24,6 +25,23 @@ import type { PolicyFileCache, StoredPolicy } from './mta-sts-cache.ts';
  * cannot be fetched, with no cached policy, means delivering as if there were no policy
  * (RFC 8461 §5.1) and reporting it (TLS-RPT `sts-policy-fetch-error`).
  */
+
+/** `mtaSts`: MTA-STS towards recipient domains (the cache lives under `stateDir`). */
+export const mtaStsSchema = z
+  .object({
+    enabled: z.boolean().default(true),
+    /** 443 as RFC 8461 §3.3 says; another port for tests only. */
+    port: z.number().int().min(1).max(65535).default(443),
+    /** The whole policy fetch (RFC 8461 §3.3 suggests a minute at most). */
+    fetchTimeoutMs: z.number().int().positive().default(10_000),
+    /** A policy used after this long is re-checked in the background (TXT id, then the policy). */
+    refreshSeconds: z.number().int().positive().default(86_400),
+    /** How long a domain without a policy, or whose policy could not be fetched, is not asked again. */
+    negativeCacheSeconds: z.number().int().nonnegative().default(3600),
+  })
+  .strict()
+  .prefault({});
+export type MtaStsConfig = z.infer<typeof mtaStsSchema>;
 
 export type StsMode = 'enforce' | 'testing' | 'none';
 

@@ -63,6 +63,11 @@ export interface MxHost {
   /** IPv4 first, then IPv6: many hosts (containers especially) have no working IPv6 route. */
   addresses: string[];
   port: number;
+  /**
+   * Where the host came from: the domain's MX records, the domain itself (implicit MX), or a
+   * static route. MTA-STS and DANE apply to the first two only (transport-security.ts).
+   */
+  origin?: 'mx' | 'implicit' | 'route';
 }
 
 /** The route to a domain: its MX hosts in the order to try them, or why there is none. */
@@ -162,13 +167,13 @@ export function createRouteResolver(options: RouteSettings): RouteResolver {
     const { host, port } = parseHostPort(route, options.smtpPort);
     // An operator-configured route may point at an internal relay: the private-address rule
     // guards against what DNS says, not against the configuration.
-    if (isIP(host) !== 0) return { ok: true, hosts: [{ name: host, preference: 0, addresses: [host], port }] };
+    if (isIP(host) !== 0) return { ok: true, hosts: [{ name: host, preference: 0, addresses: [host], port, origin: 'route' }] };
     const found = await lookupAddresses(host);
     if (found.failure) {
       if (found.failure.kind === 'temporary') return fail.temporary(`route for ${domain}: lookup of ${host} failed (${found.failure.code})`);
       return fail.unroutable(`route for ${domain}: ${host} has no address`);
     }
-    return { ok: true, hosts: [{ name: host, preference: 0, addresses: found.addresses, port }] };
+    return { ok: true, hosts: [{ name: host, preference: 0, addresses: found.addresses, port, origin: 'route' }] };
   }
 
   async function viaDns(domain: string): Promise<{ route: Route; ttl: number }> {
@@ -186,7 +191,7 @@ export function createRouteResolver(options: RouteSettings): RouteResolver {
         return { route: fail.temporary(`address lookup for ${domain} failed (${implicit.failure.code})`), ttl: 0 };
       }
       if (implicit.failure) return { route: fail.noSuchDomain(`${domain} has neither MX nor address records`), ttl: 0 };
-      const host = { name: domain, preference: 0, addresses: implicit.addresses, port: options.smtpPort };
+      const host: MxHost = { name: domain, preference: 0, addresses: implicit.addresses, port: options.smtpPort, origin: 'implicit' };
       return { route: publicOnly([host], domain), ttl: implicit.ttl };
     }
 
@@ -206,7 +211,7 @@ export function createRouteResolver(options: RouteSettings): RouteResolver {
         failures.push(`${mx.name}: ${found.failure.code}`);
         temporaryFailure ||= found.failure.kind === 'temporary';
       } else {
-        hosts.push({ ...mx, addresses: found.addresses, port: options.smtpPort });
+        hosts.push({ ...mx, addresses: found.addresses, port: options.smtpPort, origin: 'mx' });
       }
     }
     if (hosts.length === 0) {

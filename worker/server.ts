@@ -16,6 +16,7 @@ import { outgoingSettingsFrom } from './outgoing.ts';
 import { createRouteResolver } from './route.ts';
 import { unusableSourceAddresses } from './source-ip.ts';
 import { tlsPolicySettingsFrom } from './tls-policy.ts';
+import { startTransportSecurity } from './transport-security-setup.ts';
 import { runWebhookLoop } from './webhook.ts';
 
 /**
@@ -52,6 +53,8 @@ export async function startWorker(config: WorkerConfig, options: { logger: Logge
   const webhook = files.webhook;
   const queueDepth = registerQueueDepth(registry, servers, [config.beanstalk.tube, config.beanstalk.failedTube, ...(webhook ? [webhook.tube] : [])]);
   const from = noticesFrom(config.bounces, config.ehloName);
+  const tlsSettings = tlsPolicySettingsFrom(config.tls, files.tlsCa);
+  const transportSecurity = startTransportSecurity(config, tlsSettings, { logger, metrics });
 
   const deps: WorkerDeps = {
     router: createRouteResolver({
@@ -73,7 +76,8 @@ export async function startWorker(config: WorkerConfig, options: { logger: Logge
       },
       signal: abortDeliveries.signal,
       outgoing: outgoingSettingsFrom({ ehloName: config.ehloName, noticesFrom: from, dkim: files.dkim, received: config.headers.received }),
-      tls: tlsPolicySettingsFrom(config.tls, files.tlsCa),
+      tls: tlsSettings,
+      tlsPolicy: transportSecurity.tlsPolicy,
       source: config.source,
       connections: config.connections,
       limiter: createLimiter(limitSettingsFrom(config.limits, servers), { logger }),
@@ -99,6 +103,7 @@ export async function startWorker(config: WorkerConfig, options: { logger: Logge
     await Promise.all(webhookClients.map((client) => client.close()));
     await Promise.all(webhookLoops);
     await queueDepth.close();
+    await transportSecurity.stop();
   }
 
   let ops: OpsServer;

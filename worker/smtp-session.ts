@@ -1,3 +1,4 @@
+import { X509Certificate } from 'node:crypto';
 import type { ConnectionOptions } from 'node:tls';
 import SMTPConnection from 'nodemailer/lib/smtp-connection';
 import { z } from 'zod';
@@ -76,7 +77,16 @@ export interface Sent {
 interface ConnectionInternals {
   _supportedExtensions?: unknown;
   _envelope?: { rejectedErrors?: unknown };
-  _socket?: { localAddress?: unknown; getProtocol?: () => string | null; getCipher?: () => { name?: string } | undefined } | false;
+  _socket?:
+    | {
+        localAddress?: unknown;
+        getProtocol?: () => string | null;
+        getCipher?: () => { name?: string } | undefined;
+        getPeerCertificate?: (detailed: true) => unknown;
+        authorized?: unknown;
+        authorizationError?: unknown;
+      }
+    | false;
   _destroyed?: unknown;
 }
 
@@ -138,6 +148,36 @@ export class SmtpSession {
     const version = socket.getProtocol() ?? undefined;
     const cipher = typeof socket.getCipher === 'function' ? socket.getCipher()?.name : undefined;
     return { ...(version ? { tlsVersion: version } : {}), ...(cipher ? { tlsCipher: cipher } : {}) };
+  }
+
+  /**
+   * The certificate chain the server sent over STARTTLS, its own first (Node links the
+   * certificates by issuer; a self-signed root ends it). Empty without TLS. DANE matches it.
+   */
+  peerCertificates(): X509Certificate[] {
+    const socket = this.#internals._socket;
+    if (!this.secure || !socket || typeof socket.getPeerCertificate !== 'function') return [];
+    const chain: X509Certificate[] = [];
+    const seen = new Set<unknown>();
+    let current = socket.getPeerCertificate(true) as { raw?: Buffer; issuerCertificate?: unknown } | undefined;
+    while (current?.raw && !seen.has(current) && chain.length < 10) {
+      seen.add(current);
+      chain.push(new X509Certificate(current.raw));
+      current = current.issuerCertificate as typeof current;
+    }
+    return chain;
+  }
+
+  /**
+   * Whether the certificate verified against the trust anchors and named the server (Node
+   * checks both even when it does not insist on them, `rejectUnauthorized: false`), and why
+   * not: what MTA-STS `testing` reports without refusing the session.
+   */
+  peerAuthorization(): { authorized: boolean; error?: string } {
+    const socket = this.#internals._socket;
+    if (!this.secure || !socket) return { authorized: false, error: 'no TLS' };
+    const error = socket.authorizationError;
+    return { authorized: socket.authorized === true, ...(error !== undefined && error !== null ? { error: String((error as { code?: unknown }).code ?? error) } : {}) };
   }
 
   /** Runs once when the session closes, for any reason. */

@@ -1,3 +1,4 @@
+import type { X509Certificate } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { isIP } from 'node:net';
 import type { ConnectionOptions } from 'node:tls';
@@ -113,9 +114,9 @@ function failureDetail(err: unknown): string {
  * never a reason to go on in plaintext: the recipients are deferred with the policy named.
  * RFC 3463/5248: X.7.10 encryption needed, X.7.5 cryptographic failure (the certificate).
  */
-export function tlsPolicyVerdict(mode: 'encrypt' | 'verify', domain: string, mxName: string, err: unknown): Verdict {
+export function tlsPolicyVerdict(mode: 'encrypt' | 'verify', domain: string, mxName: string, err: unknown, policy: string = `TLS policy ${mode}`): Verdict {
   const detail = failureDetail(err);
-  const certificate = /certificate|self[- ]signed|issuer|altnames|hostname/i.test(detail);
+  const certificate = isCertificateFailure(detail);
   const enhanced = certificate ? '4.7.5' : '4.7.10';
   const what = certificate ? `the certificate of ${mxName} could not be verified` : `${mxName} did not complete STARTTLS`;
   return {
@@ -123,8 +124,18 @@ export function tlsPolicyVerdict(mode: 'encrypt' | 'verify', domain: string, mxN
     greylisted: false,
     responseCode: 451,
     enhancedCode: enhanced,
-    response: `451 ${enhanced} TLS policy ${mode} for ${domain}: ${what} (${detail})`,
+    response: `451 ${enhanced} ${policy} for ${domain}: ${what} (${detail})`,
   };
+}
+
+/** Whether a TLS failure's text is about the certificate (rather than STARTTLS itself). */
+export function isCertificateFailure(detail: string): boolean {
+  return /certificate|self[- ]signed|issuer|altnames|hostname|CERT_/i.test(detail);
+}
+
+/** The text tlsPolicyVerdict quotes, for callers that classify a failure themselves. */
+export function tlsFailureDetail(err: unknown): string {
+  return failureDetail(err);
 }
 
 /** Hosts (IP addresses) whose TLS handshake failed, and until when they get plaintext. */
@@ -157,6 +168,10 @@ export interface TlsDecision {
   options: SessionOptions['tls'];
   /** Part of the connection pool key: connections made under another decision are not reused. */
   key: string;
+  /** Do not connect to this host at all (an MX host an MTA-STS policy does not list, a failed DANE lookup): the verdict says why. */
+  refuse?: Verdict;
+  /** What a policy source (transport-security.ts) needs to judge the session after the handshake. */
+  context?: unknown;
 }
 
 export interface TlsTarget {
@@ -164,12 +179,26 @@ export interface TlsTarget {
   domain: string;
   mxName: string;
   address: string;
+  /** The server's port (DANE's TLSA name is `_<port>._tcp.<mx>`); default 25. */
+  port?: number;
+  /** Where the host came from (route.ts); MTA-STS and DANE apply to `mx` and `implicit` hosts. */
+  origin?: 'mx' | 'implicit' | 'route';
+}
+
+/** What the TLS policy may look at in a session whose handshake succeeded. */
+export interface TlsSessionView {
+  secure: boolean;
+  sourceIp?: string;
+  peerCertificates(): X509Certificate[];
+  peerAuthorization(): { authorized: boolean; error?: string };
 }
 
 export interface TlsPolicy {
   decide(target: TlsTarget): Promise<TlsDecision>;
   /** After a failed handshake: open again with `retry` (plaintext under `may`; `failure` says what went wrong), or stop with `verdict`. */
   afterHandshakeFailure(target: TlsTarget, decision: TlsDecision, err: SmtpFailure): { retry: TlsDecision; failure: Verdict } | { verdict: Verdict };
+  /** After a handshake that succeeded, before any mail: a `verdict` closes the session unused (DANE: no TLSA record matches). */
+  afterHandshake?(target: TlsTarget, decision: TlsDecision, session: TlsSessionView): { ok: true } | { ok: false; verdict: Verdict };
 }
 
 export function createTlsPolicy(settings: TlsPolicySettings, now: () => number = Date.now): TlsPolicy {

@@ -3,6 +3,7 @@ import { mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { gzipSync } from 'node:zlib';
 import { z } from 'zod';
+import { mailbox } from '../shared/job.ts';
 import type { Logger } from '../shared/logger.ts';
 
 /**
@@ -17,6 +18,25 @@ import type { Logger } from '../shared/logger.ts';
  * own sessions (receivers add up reports by report-id); one aggregate for all workers would
  * need a shared store.
  */
+
+/** `tlsRpt`: aggregate TLS reports to the domains that ask for them (counts live under `stateDir`). */
+export const tlsRptSchema = z
+  .object({
+    enabled: z.boolean().default(false),
+    /** The reporting period; RFC 8460 §4.1 reports cover a UTC day. Shorter only for tests. */
+    intervalSeconds: z.number().int().min(1).max(86_400).default(86_400),
+    /** `organization-name` of the reports; default: the domain of `ehloName`. */
+    organizationName: z.string().min(1).max(200).optional(),
+    /** `contact-info`; default: `mailto:` the reports' From address. */
+    contactInfo: z.string().min(1).max(200).optional(),
+    /** From: of report mail; default `tlsrpt@<ehloName>`. Its domain's DKIM key signs the reports. */
+    from: mailbox.optional(),
+    /** Per HTTPS POST of a report. */
+    timeoutMs: z.number().int().positive().default(30_000),
+  })
+  .strict()
+  .prefault({});
+export type TlsRptConfig = z.infer<typeof tlsRptSchema>;
 
 export type PolicyType = 'sts' | 'tlsa';
 

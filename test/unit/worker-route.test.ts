@@ -62,7 +62,7 @@ describe('routeFor', { timeout: 60_000 }, () => {
     const destination = await resolverWith().routeFor('multi.test');
     assert.ok(destination.ok, JSON.stringify(destination));
     assert.equal(destination.hosts[0]!.name, 'primary.multi.test');
-    assert.deepEqual(destination.hosts[0], { name: 'primary.multi.test', preference: 10, addresses: ['127.0.0.11', '::1'], port: 2525 });
+    assert.deepEqual(destination.hosts[0], { name: 'primary.multi.test', preference: 10, addresses: ['127.0.0.11', '::1'], port: 2525, origin: 'mx' });
     assert.deepEqual(new Set(destination.hosts.slice(1).map((h) => h.name)), new Set(['backup.multi.test', 'backup2.multi.test']));
     assert.ok(destination.hosts.slice(1).every((h) => h.preference === 20));
   });
@@ -86,7 +86,7 @@ describe('routeFor', { timeout: 60_000 }, () => {
 
   it('without MX records the domain itself is the mail host (implicit MX)', async () => {
     const destination = await resolverWith().routeFor('implicit.test');
-    assert.deepEqual(destination, { ok: true, hosts: [{ name: 'implicit.test', preference: 0, addresses: ['127.0.0.20'], port: 2525 }] });
+    assert.deepEqual(destination, { ok: true, hosts: [{ name: 'implicit.test', preference: 0, addresses: ['127.0.0.20'], port: 2525, origin: 'implicit' }] });
   });
 
   it('a null MX (RFC 7505) is a permanent failure, 5.1.10', async () => {
@@ -139,11 +139,11 @@ describe('routeFor', { timeout: 60_000 }, () => {
     });
     assert.deepEqual(await resolver.routeFor('multi.test'), {
       ok: true,
-      hosts: [{ name: '127.0.0.99', preference: 0, addresses: ['127.0.0.99'], port: 2600 }],
+      hosts: [{ name: '127.0.0.99', preference: 0, addresses: ['127.0.0.99'], port: 2600, origin: 'route' }],
     });
     assert.deepEqual(await resolver.routeFor('corp.test'), {
       ok: true,
-      hosts: [{ name: 'relay.internal.test', preference: 0, addresses: ['127.0.0.40'], port: 2525 }],
+      hosts: [{ name: 'relay.internal.test', preference: 0, addresses: ['127.0.0.40'], port: 2525, origin: 'route' }],
     });
     assertFailure(await resolver.routeFor('bad.test'), { temporary: false, enhanced: '5.4.4' });
   });
