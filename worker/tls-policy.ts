@@ -188,7 +188,8 @@ export interface TlsTarget {
 /** What the TLS policy may look at in a session whose handshake succeeded. */
 export interface TlsSessionView {
   secure: boolean;
-  sourceIp?: string;
+  /** The source address the receiver sees. */
+  localAddress?: string | undefined;
   peerCertificates(): X509Certificate[];
   peerAuthorization(): { authorized: boolean; error?: string };
 }

@@ -84,7 +84,7 @@ export function createTransportSecurity(options: TransportSecurityOptions): TlsP
   function failureOf(target: TlsTarget, session: TlsSessionView | undefined, resultType: ResultType, additionalInformation?: string): SessionFailure {
     return {
       resultType,
-      ...(session?.sourceIp ? { sendingMtaIp: session.sourceIp } : {}),
+      ...(session?.localAddress ? { sendingMtaIp: session.localAddress } : {}),
       receivingMxHostname: target.mxName,
       receivingIp: target.address,
       ...(additionalInformation ? { additionalInformation: additionalInformation.slice(0, 300) } : {}),
