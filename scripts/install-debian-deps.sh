@@ -10,7 +10,7 @@ fi
 bash "$(dirname "$0")/install-node.sh"
 missing=()
 # command:package
-for pair in beanstalkd:beanstalkd msmtp:msmtp swaks:swaks dnsmasq:dnsmasq-base dkimverify:python3-dkim openssl:openssl curl:curl; do
+for pair in beanstalkd:beanstalkd msmtp:msmtp swaks:swaks dnsmasq:dnsmasq-base dkimverify:python3-dkim openssl:openssl curl:curl nsd:nsd unbound:unbound ldns-signzone:ldnsutils; do
   cmd=${pair%%:*}
   pkg=${pair##*:}
   if ! command -v "$cmd" >/dev/null 2>&1 && [ ! -x "/usr/sbin/$cmd" ] && [ ! -x "/usr/bin/$cmd" ]; then
@@ -36,5 +36,11 @@ if [ ${#missing[@]} -eq 0 ]; then
 fi
 echo "install-debian-deps: installing ${missing[*]}"
 export DEBIAN_FRONTEND=noninteractive
+# The DANE tests start their own nsd and unbound on loopback ports: keep the packages'
+# system services (both on port 53) from starting at install.
+if [ ! -e /usr/sbin/policy-rc.d ]; then
+  printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
+  trap 'rm -f /usr/sbin/policy-rc.d' EXIT
+fi
 apt-get update -qq
 apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
