@@ -76,6 +76,7 @@ export interface DaneLookup {
 }
 
 const MAX_CACHED = 10_000;
+const MIN_NONE_SECONDS = 60;
 
 export function createDaneLookup(options: DaneLookupOptions): DaneLookup {
   const now = options.now ?? Date.now;
@@ -132,7 +133,10 @@ export function createDaneLookup(options: DaneLookupOptions): DaneLookup {
       if (cached && cached.expiresAt > now()) return cached.value;
       cache.delete(key);
       const { value, ttl } = await lookup(domain.toLowerCase(), host.toLowerCase(), port, viaMx);
-      return value.kind === 'failed' ? value : remember(key, value, ttl);
+      if (value.kind === 'failed') return value;
+      // "No DANE" is kept at least a minute even without a TTL (a resolver that does not answer
+      // DNSSEC queries, an NXDOMAIN without SOA): otherwise every message would ask again and wait.
+      return remember(key, value, value.kind === 'none' ? Math.max(ttl, MIN_NONE_SECONDS) : ttl);
     },
   };
 }

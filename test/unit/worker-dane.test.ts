@@ -103,6 +103,12 @@ describe('DANE requirement of an MX host', () => {
       const requirement = await createDaneLookup({ resolver: tableResolver(table), cacheMaxSeconds: 0 }).requirementFor('dane.test', 'mx.dane.test', 25, true);
       assert.deepEqual(requirement, { kind: 'none', reason: 'insecure' });
     }
+    // A resolver that never answers DNSSEC queries: "no DANE", and not asked again for every message.
+    const silentResolver = tableResolver({ 'dane.test|MX': 'timeout' });
+    const cached = createDaneLookup({ resolver: silentResolver, cacheMaxSeconds: 300 });
+    assert.deepEqual(await cached.requirementFor('dane.test', 'mx.dane.test', 25, true), { kind: 'none', reason: 'insecure' });
+    await cached.requirementFor('dane.test', 'mx.dane.test', 25, true);
+    assert.equal(silentResolver.asked.length, 1);
     // An implicit MX (no MX records) only needs its address records validated.
     const implicit = tableResolver({ 'mx.dane.test|A': { authenticated: true }, '_25._tcp.mx.dane.test|TLSA': { authenticated: true, records: [tlsaAnswer('x', ee)] } });
     assert.equal((await createDaneLookup({ resolver: implicit, cacheMaxSeconds: 0 }).requirementFor('mx.dane.test', 'mx.dane.test', 25, false)).kind, 'match');
