@@ -3,8 +3,8 @@
  *
  * A line is about the address when one of its address fields (recipient, mailfrom,
  * rcpttos, ...) is that address. Lines about one message are then followed through its
- * ids: every tier logs `messageId`, and mailman's lines carry both its own id
- * (`messageId`) and the post office's (`postofficeId`), which links mailman's lines to
+ * ids: the post office and the worker log `messageId`, and mailman's lines carry both its
+ * own id (`spoolId`) and the post office's (`postofficeId`), which links mailman's lines to
  * the post office's and the worker's. The result is every line carrying any id connected
  * to a line that names the address.
  */
@@ -22,7 +22,7 @@ export interface LogLine {
 /** Fields that name an envelope address. */
 const ADDRESS_FIELDS = ['recipient', 'mailfrom', 'rcpttos', 'from', 'to', 'sender'];
 /** Fields holding a message id; one line carrying two of them links the ids. */
-const ID_FIELDS = ['messageId', 'postofficeId'];
+const ID_FIELDS = ['messageId', 'spoolId', 'postofficeId'];
 
 export function parseLogLine(text: string): Record<string, unknown> | undefined {
   if (!text.startsWith('{')) return undefined;
@@ -111,7 +111,7 @@ export function sortLines(lines: LogLine[]): LogLine[] {
   return lines.sort((a, b) => a.time - b.time || a.source - b.source || a.lineNumber - b.lineNumber);
 }
 
-const QUIET_FIELDS = new Set(['level', 'time', 'pid', 'hostname', 'tier', 'event', 'messageId', 'msg']);
+const QUIET_FIELDS = new Set(['level', 'time', 'pid', 'hostname', 'tier', 'event', 'messageId', 'spoolId', 'msg']);
 
 function formatValue(value: unknown): string {
   if (typeof value === 'string') return /^[^\s"=]+$/.test(value) ? value : JSON.stringify(value);
@@ -126,5 +126,5 @@ export function formatLine(line: LogLine): string {
     .filter(([key]) => !QUIET_FIELDS.has(key))
     .map(([key, value]) => `${key}=${formatValue(value)}`);
   if (typeof f.msg === 'string') rest.push(JSON.stringify(f.msg));
-  return [time, String(f.tier ?? '-').padEnd(10), String(f.event ?? '-').padEnd(10), String(f.messageId ?? '-'), ...rest].join(' ');
+  return [time, String(f.tier ?? '-').padEnd(10), String(f.event ?? '-').padEnd(10), String(f.messageId ?? f.spoolId ?? '-'), ...rest].join(' ');
 }

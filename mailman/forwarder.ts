@@ -138,26 +138,26 @@ export class Forwarder {
     } catch (err) {
       if (errorCode(err) === 'ENOENT') return 'done';
       if (errorCode(err) === 'SPOOL_CORRUPT') return this.fail(id, { status: 0, error: 'corrupt_spool_file', message: errorMessage(err) });
-      logger.error({ event: 'spool_read_failed', messageId: id, code: errorCode(err), error: errorMessage(err) });
+      logger.error({ event: 'spool_read_failed', spoolId: id, code: errorCode(err), error: errorMessage(err) });
       return 'unavailable';
     }
 
-    const result = await client.forward(message);
+    const result = await client.forward({ idempotencyKey: id, mailfrom: message.mailfrom, rcpttos: message.rcpttos, data: message.data });
     metrics.forwardAttempts.inc({ result: result.kind });
     try {
       switch (result.kind) {
         case 'accepted':
           await spool.remove(id);
-          logger.info({ event: 'forwarded', messageId: id, postofficeId: result.id, path: 'spool', size: message.data.length });
+          logger.info({ event: 'forwarded', spoolId: id, postofficeId: result.id, path: 'spool', size: message.data.length });
           return 'done';
         case 'rejected':
           return this.fail(id, { status: result.status, error: result.error, message: result.message });
         case 'temporary':
-          logger.warn({ event: 'forward_deferred', messageId: id, reason: result.reason });
+          logger.warn({ event: 'forward_deferred', spoolId: id, reason: result.reason });
           return 'unavailable';
       }
     } catch (err) {
-      logger.error({ event: 'spool_update_failed', messageId: id, code: errorCode(err), error: errorMessage(err) });
+      logger.error({ event: 'spool_update_failed', spoolId: id, code: errorCode(err), error: errorMessage(err) });
       return 'unavailable';
     }
   }
@@ -167,11 +167,11 @@ export class Forwarder {
     try {
       await spool.moveToFailed(id, reason);
     } catch (err) {
-      logger.error({ event: 'spool_update_failed', messageId: id, code: errorCode(err), error: errorMessage(err) });
+      logger.error({ event: 'spool_update_failed', spoolId: id, code: errorCode(err), error: errorMessage(err) });
       return 'unavailable';
     }
     metrics.rejected.inc({ reason: reason.error });
-    logger.error({ event: 'failed', messageId: id, status: reason.status, error: reason.error, message: reason.message });
+    logger.error({ event: 'failed', spoolId: id, status: reason.status, error: reason.error, message: reason.message });
     return 'done';
   }
 }

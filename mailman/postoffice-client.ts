@@ -3,9 +3,10 @@ import { Agent as HttpsAgent, request as httpsRequest } from 'node:https';
 import { errorCode, errorMessage } from '../shared/errors.ts';
 import { signRequest } from '../shared/signing.ts';
 
-export interface OutgoingMessage {
-  /** The spool/message id; sent as the idempotency key so a retried request is not queued twice. */
-  id: string;
+/** What mailman hands the post office for one message (its JSON body plus the idempotency key). */
+export interface MailmanSubmission {
+  /** mailman sends its spool id: a retried request is then never queued twice. */
+  idempotencyKey: string;
   mailfrom: string;
   rcpttos: string[];
   data: Buffer;
@@ -18,7 +19,7 @@ export type ForwardResult =
 
 export interface PostofficeClient {
   /** Never throws for HTTP or network outcomes: every outcome is a result value. */
-  forward(message: OutgoingMessage): Promise<ForwardResult>;
+  forward(message: MailmanSubmission): Promise<ForwardResult>;
   close(): void;
 }
 
@@ -117,7 +118,7 @@ export function createPostofficeClient(options: PostofficeClientOptions): Postof
       const body = Buffer.from(JSON.stringify({ mailfrom: message.mailfrom, rcpttos: message.rcpttos, data_base64: message.data.toString('base64') }));
       for (let attempt = 1; ; attempt++) {
         // Signed per attempt so the timestamp is fresh.
-        const headers = signRequest(options.key, { method: 'POST', path, fqdn: options.fqdn, body, idempotencyKey: message.id });
+        const headers = signRequest(options.key, { method: 'POST', path, fqdn: options.fqdn, body, idempotencyKey: message.idempotencyKey });
         try {
           return classifyResponse(await send(body, headers));
         } catch (err) {

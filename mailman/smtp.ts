@@ -8,7 +8,7 @@ import type { MailmanConfig } from './config.ts';
 import type { MailmanMetrics } from './metrics.ts';
 import { createNetworkMatcher } from './networks.ts';
 import type { PostofficeClient } from './postoffice-client.ts';
-import { newMessageId, type Spool } from './spool.ts';
+import { newSpoolId, type Spool } from './spool.ts';
 
 /**
  * The SMTP listener. A 250 to the client is a promise never to lose the message, so it
@@ -93,12 +93,12 @@ export function createSmtpServer(deps: SmtpDependencies): SMTPServer {
   }
 
   async function accept(envelope: Envelope, data: Buffer, sessionId: string): Promise<string> {
-    const id = newMessageId();
+    const id = newSpoolId();
     // Addresses are logged so `hedwig grep ADDRESS` finds a message before any delivery attempt.
-    const summary = { messageId: id, sessionId, mailfrom: envelope.mailfrom, rcpttos: envelope.rcpttos, rcptCount: envelope.rcpttos.length, size: data.length };
+    const summary = { spoolId: id, sessionId, mailfrom: envelope.mailfrom, rcpttos: envelope.rcpttos, rcptCount: envelope.rcpttos.length, size: data.length };
     let temporaryReason = 'post office unavailable, retrying with backoff';
     if (deps.shouldForwardInline()) {
-      const result = await client.forward({ id, ...envelope, data });
+      const result = await client.forward({ idempotencyKey: id, ...envelope, data });
       metrics.forwardAttempts.inc({ result: result.kind });
       if (result.kind === 'accepted') {
         metrics.accepted.inc({ path: 'inline' });
@@ -116,7 +116,7 @@ export function createSmtpServer(deps: SmtpDependencies): SMTPServer {
       logger.error({ event: 'spool_write_failed', ...summary, code: errorCode(err), error: errorMessage(err) });
       throw reject('spool_write_failed', summary, smtpError(451, '4.3.0 Temporary local problem, please try again later'));
     }
-    logger.info({ event: 'spooled', messageId: id, reason: temporaryReason });
+    logger.info({ event: 'spooled', spoolId: id, reason: temporaryReason });
     metrics.accepted.inc({ path: 'spooled' });
     logger.info({ event: 'accepted', ...summary, path: 'spooled' });
     deps.onSpooled();

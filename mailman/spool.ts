@@ -41,19 +41,20 @@ const ID_PATTERN = /^[0-9a-z]{9}-[0-9a-f]{12}$/;
 
 /**
  * Fixed-width base36 milliseconds (sortable until the year 5188) plus 48 random bits.
- * Also the idempotency key towards the post office and the messageId in logs.
+ * Also the idempotency key towards the post office and the `spoolId` in logs (the post
+ * office gives the message its own id, logged as `postofficeId`).
  */
-export function newMessageId(now = Date.now()): string {
+export function newSpoolId(now = Date.now()): string {
   return `${now.toString(36).padStart(9, '0')}-${randomBytes(6).toString('hex')}`;
 }
 
-export function isMessageId(value: string): boolean {
+export function isSpoolId(value: string): boolean {
   return ID_PATTERN.test(value);
 }
 
 function checkId(id: string): void {
   // Ids become file names: refuse anything that could escape the spool directory.
-  if (!isMessageId(id)) throw new HedwigError('SPOOL_BAD_ID', `not a spool id: ${JSON.stringify(id)}`);
+  if (!isSpoolId(id)) throw new HedwigError('SPOOL_BAD_ID', `not a spool id: ${JSON.stringify(id)}`);
 }
 
 async function fsyncDirectory(path: string): Promise<void> {
@@ -139,7 +140,7 @@ export class Spool {
 
   /** Ids waiting in new/, oldest first. */
   async list(): Promise<string[]> {
-    return (await readdir(this.newDir)).filter(isMessageId).sort();
+    return (await readdir(this.newDir)).filter(isSpoolId).sort();
   }
 
   async depth(): Promise<number> {

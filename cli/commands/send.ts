@@ -73,7 +73,7 @@ async function viaMailman(message: TestMessage, smtp: string, timeoutMs: number)
 async function viaPostoffice(message: TestMessage, options: { url: string; fqdn: string; key: string; ca?: string; timeoutMs: number }): Promise<Sent> {
   const client = createPostofficeClient({ url: options.url, fqdn: options.fqdn, key: options.key, ca: options.ca, timeoutMs: options.timeoutMs });
   try {
-    const result = await client.forward({ id: randomUUID(), mailfrom: message.from, rcpttos: message.to, data: message.raw });
+    const result = await client.forward({ idempotencyKey: randomUUID(), mailfrom: message.from, rcpttos: message.to, data: message.raw });
     switch (result.kind) {
       case 'accepted':
         return { via: 'postoffice', id: result.id, response: `accepted as ${result.id}` };

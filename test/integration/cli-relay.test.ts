@@ -153,7 +153,7 @@ describe('hedwig send, grep, status and metrics against the running tiers', { ti
     const events = lines.map((l) => `${String(l.tier)}/${String(l.event)}`);
     for (const expected of ['mailman/accepted', 'postoffice/queued', 'worker/attempt', 'worker/delivered']) assert.ok(events.includes(expected), `${expected} in ${events.join(', ')}`);
     assert.ok(
-      lines.every((l) => l.messageId === sent.viaMailman!.id || l.messageId === postofficeId),
+      lines.every((l) => (l.spoolId ?? l.messageId) === sent.viaMailman!.id || l.messageId === postofficeId),
       'only lines of this message',
     );
     const times = lines.map((l) => Date.parse(String(l.time)));

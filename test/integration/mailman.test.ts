@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { Spool, decodeSpoolFile, newMessageId } from '../../mailman/spool.ts';
+import { Spool, decodeSpoolFile, newSpoolId } from '../../mailman/spool.ts';
 import { KEY, MESSAGE, SmtpDialog, msmtp, run, runCleanups, startHarness, swaks, tempDir } from '../helpers/mailman-harness.ts';
 import { waitFor } from '../helpers/ports.ts';
 
@@ -31,7 +31,7 @@ describe('mailman: inline forwarding to the post office', () => {
     const accepted = h.logs.find((l) => l.event === 'accepted');
     assert.ok(accepted, 'an accepted log line');
     assert.equal(accepted.path, 'inline');
-    assert.equal(accepted.messageId, request.idempotencyKey);
+    assert.equal(accepted.spoolId, request.idempotencyKey);
     assert.equal(accepted.postofficeId, 'po-1');
     assert.equal(accepted.rcptCount, 2);
     assert.equal(accepted.size, Buffer.byteLength(MESSAGE));
@@ -100,7 +100,7 @@ describe('mailman: spooling while the post office is unavailable', () => {
     assert.equal(delivered.idempotencyKey, id, 'the spool id is the idempotency key');
     assert.equal(delivered.data.toString('latin1'), MESSAGE);
     const forwarded = await waitFor(() => h.logs.find((l) => l.event === 'forwarded'));
-    assert.equal(forwarded.messageId, id);
+    assert.equal(forwarded.spoolId, id);
     assert.equal(forwarded.postofficeId, 'po-1');
   });
 
@@ -146,7 +146,7 @@ describe('mailman: spooling while the post office is unavailable', () => {
     assert.ok(!Number.isNaN(Date.parse(String(reason.time))));
     assert.equal(decodeSpoolFile(readFileSync(join(h.spoolDir, 'failed', id))).data.toString('latin1'), MESSAGE);
     const failed = await waitFor(() => h.logs.find((l) => l.event === 'failed'));
-    assert.equal(failed.messageId, id);
+    assert.equal(failed.spoolId, id);
     assert.equal(failed.status, 400);
     assert.equal(failed.error, 'invalid_request');
   });
@@ -167,10 +167,10 @@ describe('mailman: spooling while the post office is unavailable', () => {
     const spoolDir = join(tempDir('hedwig-mailman-'), 'spool');
     const spool = new Spool(spoolDir);
     await spool.init();
-    const id = newMessageId();
+    const id = newSpoolId();
     await spool.write({ id, mailfrom: '', rcpttos: ['b@dest.test'], receivedAt: Date.now(), data: Buffer.from(MESSAGE, 'latin1') });
     mkdirSync(join(spoolDir, 'tmp'), { recursive: true });
-    writeFileSync(join(spoolDir, 'tmp', newMessageId()), 'half a message, never answered 250');
+    writeFileSync(join(spoolDir, 'tmp', newSpoolId()), 'half a message, never answered 250');
 
     const h = await startHarness({ spoolDir });
     await waitFor(() => spoolEntries(spoolDir, 'new').length === 0, { what: 'spool to drain' });

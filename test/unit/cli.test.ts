@@ -134,11 +134,11 @@ describe('failed retry split', () => {
 describe('log search', () => {
   const lines = [
     { time: '2024-05-01T10:00:02.000Z', tier: 'postoffice', event: 'queued', messageId: 'P1', mailfrom: 'app@example.com', rcptCount: 1 },
-    { time: '2024-05-01T10:00:01.000Z', tier: 'mailman', event: 'accepted', messageId: 'M1', postofficeId: 'P1', mailfrom: 'app@example.com' },
+    { time: '2024-05-01T10:00:01.000Z', tier: 'mailman', event: 'accepted', spoolId: 'M1', postofficeId: 'P1', mailfrom: 'app@example.com' },
     { time: '2024-05-01T10:00:03.000Z', tier: 'worker', event: 'attempt', messageId: 'P1', mx: 'mx.x.test', response: '250 ok' },
     { time: '2024-05-01T10:00:04.000Z', tier: 'worker', event: 'delivered', messageId: 'P1', recipient: 'Rcpt@X.test' },
     { time: '2024-05-01T10:00:05.000Z', tier: 'worker', event: 'delivered', messageId: 'P2', recipient: 'other@x.test' },
-    { time: '2024-05-01T10:00:00.500Z', tier: 'mailman', event: 'spooled', messageId: 'M1' },
+    { time: '2024-05-01T10:00:00.500Z', tier: 'mailman', event: 'spooled', spoolId: 'M1' },
   ];
 
   function search(address: string): string[] {

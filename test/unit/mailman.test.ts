@@ -10,9 +10,9 @@ import { loadMailmanConfig } from '../../mailman/config.ts';
 import { Forwarder } from '../../mailman/forwarder.ts';
 import { createMailmanMetrics } from '../../mailman/metrics.ts';
 import { createNetworkMatcher, parseCidr } from '../../mailman/networks.ts';
-import { classifyResponse, type ForwardResult, type OutgoingMessage, type PostofficeClient } from '../../mailman/postoffice-client.ts';
+import { classifyResponse, type ForwardResult, type MailmanSubmission, type PostofficeClient } from '../../mailman/postoffice-client.ts';
 import { rejectionReply } from '../../mailman/smtp.ts';
-import { Spool, decodeSpoolFile, encodeSpoolFile, isMessageId, newMessageId } from '../../mailman/spool.ts';
+import { Spool, decodeSpoolFile, encodeSpoolFile, isSpoolId, newSpoolId } from '../../mailman/spool.ts';
 import { waitFor } from '../helpers/ports.ts';
 
 const dirs: string[] = [];
@@ -99,7 +99,7 @@ describe('allowed networks', () => {
 });
 
 describe('spool', () => {
-  const message = (id = newMessageId()) => ({
+  const message = (id = newSpoolId()) => ({
     id,
     mailfrom: 'a@example.test',
     rcpttos: ['b@dest.test', 'ü@dest.test'],
@@ -108,12 +108,12 @@ describe('spool', () => {
   });
 
   it('makes ids that sort by time and never repeat', () => {
-    const early = newMessageId(1_000);
-    const late = newMessageId(2_000_000_000_000);
+    const early = newSpoolId(1_000);
+    const late = newSpoolId(2_000_000_000_000);
     assert.ok(early < late);
-    assert.ok(isMessageId(early));
-    assert.equal(new Set(Array.from({ length: 1000 }, () => newMessageId(5))).size, 1000);
-    assert.equal(isMessageId('../../etc/passwd'), false);
+    assert.ok(isSpoolId(early));
+    assert.equal(new Set(Array.from({ length: 1000 }, () => newSpoolId(5))).size, 1000);
+    assert.equal(isSpoolId('../../etc/passwd'), false);
   });
 
   it('round-trips the envelope and the exact message bytes through the file format', () => {
@@ -133,8 +133,8 @@ describe('spool', () => {
   it('writes into new/ via tmp/, lists oldest first, reads, removes and moves to failed/', async () => {
     const spool = new Spool(join(tempDir(), 'spool'));
     await spool.init();
-    const older = message(newMessageId(1_000));
-    const newer = message(newMessageId(2_000));
+    const older = message(newSpoolId(1_000));
+    const newer = message(newSpoolId(2_000));
     await spool.write(newer);
     await spool.write(older);
     assert.deepEqual(readdirSync(spool.tmpDir), []);
@@ -203,8 +203,8 @@ describe('post office answers', () => {
 });
 
 describe('forwarder', () => {
-  function scriptedClient(script: (message: OutgoingMessage, call: number) => ForwardResult | Promise<ForwardResult>) {
-    const calls: OutgoingMessage[] = [];
+  function scriptedClient(script: (message: MailmanSubmission, call: number) => ForwardResult | Promise<ForwardResult>) {
+    const calls: MailmanSubmission[] = [];
     const client: PostofficeClient = {
       async forward(message) {
         calls.push(message);
@@ -220,7 +220,7 @@ describe('forwarder', () => {
     await spool.init();
     const ids: string[] = [];
     for (let i = 0; i < count; i++) {
-      const id = newMessageId(1_000 + i);
+      const id = newSpoolId(1_000 + i);
       ids.push(id);
       await spool.write({ id, mailfrom: '', rcpttos: ['b@dest.test'], receivedAt: 0, data: Buffer.from(`message ${i}`) });
     }
@@ -237,7 +237,7 @@ describe('forwarder', () => {
     await t.forwarder.start();
     await t.forwarder.idle();
     assert.deepEqual(await t.spool.list(), []);
-    assert.deepEqual(t.calls.map((c) => c.id).sort(), t.ids);
+    assert.deepEqual(t.calls.map((c) => c.idempotencyKey).sort(), t.ids);
     assert.equal(t.logs.filter((l) => l.event === 'forwarded').length, 5);
     await t.forwarder.stop();
   });
@@ -259,13 +259,13 @@ describe('forwarder', () => {
     assert.deepEqual(await t.spool.list(), []);
     assert.ok(readdirSync(t.spool.failedDir).includes(t.ids[0]!));
     const failed = t.logs.find((l) => l.event === 'failed');
-    assert.deepEqual([failed?.messageId, failed?.status, failed?.error], [t.ids[0], 403, 'sender_domain_not_allowed']);
+    assert.deepEqual([failed?.spoolId, failed?.status, failed?.error], [t.ids[0], 403, 'sender_domain_not_allowed']);
     await t.forwarder.stop();
   });
 
   it('moves an unreadable spool file to failed/ instead of retrying it forever', async () => {
     const t = await setup(() => ({ kind: 'accepted', id: 'po' }), 0);
-    const id = newMessageId();
+    const id = newSpoolId();
     writeFileSync(join(t.spool.newDir, id), '{"v":1,"id":"x"}\ntruncated');
     await t.forwarder.start();
     await t.forwarder.idle();
