@@ -49,7 +49,16 @@ export const mailmanConfigSchema = z
       .strict(),
     spool: z.object({ dir: z.string().min(1).default('./data/spool') }).strict().prefault({}),
     forwarder: z
-      .object({ minBackoffMs: positiveInt.default(1_000), maxBackoffMs: positiveInt.default(60_000), concurrency: positiveInt.default(4) })
+      .object({
+        minBackoffMs: positiveInt.default(1_000),
+        maxBackoffMs: positiveInt.default(60_000),
+        concurrency: positiveInt.default(16),
+        // About four minutes of retries with the default backoff before a message the post office
+        // keeps failing on (500, timeouts while others get through) goes to failed/.
+        maxAttempts: positiveInt.default(10),
+        // RFC 5321 §4.5.4.1: give up after 4-5 days; Postfix's maximal_queue_lifetime is 5d.
+        maxAgeSeconds: positiveInt.default(432_000),
+      })
       .strict()
       .prefault({})
       .refine((f) => f.minBackoffMs <= f.maxBackoffMs, { message: 'minBackoffMs must not exceed maxBackoffMs' }),

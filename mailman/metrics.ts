@@ -7,6 +7,8 @@ export interface MailmanMetrics {
   rejected: Counter<'reason'>;
   spoolDepth: Gauge;
   forwardAttempts: Counter<'result'>;
+  forwarderConcurrency: Gauge;
+  postofficeUp: Gauge;
 }
 
 /** `spoolDepth` reads the spool at scrape time, so it is right even after a restart. */
@@ -40,6 +42,16 @@ export function createMailmanMetrics(registry: Registry, spoolDepth: () => Promi
       name: 'hedwig_mailman_forward_attempts_total',
       help: 'HTTP forwards to the post office by result (accepted, rejected, temporary), inline and from the spool.',
       labelNames: ['result'],
+      registers: [registry],
+    }),
+    forwarderConcurrency: new Gauge({
+      name: 'hedwig_mailman_forwarder_concurrency',
+      help: 'Forwards from the spool allowed in parallel now: 1 after an outage, growing by one per success up to forwarder.concurrency.',
+      registers: [registry],
+    }),
+    postofficeUp: new Gauge({
+      name: 'hedwig_mailman_postoffice_up',
+      help: '1 while the post office takes mail; 0 after an outage (no connection, 502/503/504, a timeout) until a forward succeeds again. While 0, new mail is spooled at once.',
       registers: [registry],
     }),
   };

@@ -12,10 +12,23 @@ export interface MailmanSubmission {
   data: Buffer;
 }
 
+/**
+ * Why a forward may succeed later, which decides what mailman does next:
+ * - `unavailable`: the post office is not taking anything (no connection, 502/503/504, 429, a
+ *   status no message could fix such as a misrouted 404). It says nothing about this message:
+ *   the forwarder pauses with backoff, new mail is spooled at once.
+ * - `timeout`: no answer within postoffice.timeoutMs. A frozen post office looks like this, so
+ *   new mail is spooled at once too; but so does a message the post office chokes on, so it
+ *   counts against the message when the post office was otherwise working.
+ * - `error`: a 500 or other 5xx about this request (the post office did answer): it counts
+ *   against the message, and everything else carries on.
+ */
+export type TemporaryCause = 'unavailable' | 'timeout' | 'error';
+
 export type ForwardResult =
   | { kind: 'accepted'; id: string }
   | { kind: 'rejected'; status: number; error: string; message: string }
-  | { kind: 'temporary'; reason: string };
+  | { kind: 'temporary'; cause: TemporaryCause; reason: string };
 
 export interface PostofficeClient {
   /** Never throws for HTTP or network outcomes: every outcome is a result value. */
@@ -38,6 +51,8 @@ export interface PostofficeClientOptions {
  * operator's mistake delays mail instead of losing it.
  */
 const PERMANENT_STATUSES = new Set([400, 401, 403, 413, 422]);
+/** A gateway or the post office itself saying it cannot take anything now (503: beanstalkd is down). */
+const OUTAGE_STATUSES = new Set([502, 503, 504]);
 const MAX_RESPONSE_BYTES = 64 * 1024;
 
 interface RawResponse {
@@ -66,7 +81,8 @@ export function classifyResponse(response: RawResponse): ForwardResult {
     const field = typeof body?.field === 'string' ? ` (field ${body.field})` : '';
     return { kind: 'rejected', status: response.status, error, message: `${message}${field}` };
   }
-  return { kind: 'temporary', reason: `http ${response.status} ${error}` };
+  const cause = response.status >= 500 && !OUTAGE_STATUSES.has(response.status) ? 'error' : 'unavailable';
+  return { kind: 'temporary', cause, reason: `http ${response.status} ${error}` };
 }
 
 export function createPostofficeClient(options: PostofficeClientOptions): PostofficeClient {
@@ -126,7 +142,8 @@ export function createPostofficeClient(options: PostofficeClientOptions): Postof
           // documentation recommends one retry on a fresh socket for exactly this case.
           const reused = (err as { reusedSocket?: boolean }).reusedSocket === true;
           if (attempt === 1 && reused && errorCode(err) === 'ECONNRESET') continue;
-          return { kind: 'temporary', reason: `${errorCode(err) ?? 'error'}: ${errorMessage(err)}` };
+          const code = errorCode(err);
+          return { kind: 'temporary', cause: code === 'ETIMEOUT' ? 'timeout' : 'unavailable', reason: `${code ?? 'error'}: ${errorMessage(err)}` };
         }
       }
     },

@@ -39,7 +39,8 @@ export async function startMailman(config: MailmanConfig, options: { logger: Log
     ca: readCa(config.postoffice.caFile),
     timeoutMs: config.postoffice.timeoutMs,
   });
-  const forwarder = new Forwarder({ spool, client, logger, metrics, ...config.forwarder });
+  const { maxAgeSeconds, ...pacing } = config.forwarder;
+  const forwarder = new Forwarder({ spool, client, logger, metrics, ...pacing, maxAgeMs: maxAgeSeconds * 1000 });
   // Before the listener opens: start() clears tmp/, which must not race a live transaction.
   await forwarder.start();
 
@@ -49,8 +50,7 @@ export async function startMailman(config: MailmanConfig, options: { logger: Log
     client,
     spool,
     metrics,
-    shouldForwardInline: () => !forwarder.backingOff,
-    onSpooled: () => forwarder.notify(),
+    postoffice: forwarder,
   });
   let accepting = false;
   let port: number;

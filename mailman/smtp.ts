@@ -7,7 +7,8 @@ import type { Logger } from '../shared/logger.ts';
 import type { MailmanConfig } from './config.ts';
 import type { MailmanMetrics } from './metrics.ts';
 import { createNetworkMatcher } from './networks.ts';
-import type { PostofficeClient } from './postoffice-client.ts';
+import type { InlineAttempt } from './forwarder.ts';
+import type { ForwardResult, PostofficeClient } from './postoffice-client.ts';
 import { newSpoolId, type Spool } from './spool.ts';
 
 /**
@@ -27,9 +28,20 @@ export interface SmtpDependencies {
   client: PostofficeClient;
   spool: Spool;
   metrics: MailmanMetrics;
-  /** False while the post office is known to be down: spool at once instead of waiting for a timeout. */
-  shouldForwardInline: () => boolean;
-  onSpooled: () => void;
+  /** The forwarder, which keeps mailman's one view of whether the post office takes mail. */
+  postoffice: InlineGate;
+}
+
+/**
+ * While the post office is known not to take mail, a transaction spools at once instead of
+ * waiting for a timeout of its own; what an inline forward sees updates that view for every session.
+ */
+export interface InlineGate {
+  /** Undefined while the post office is known not to take mail. */
+  inlineAttempt(): InlineAttempt | undefined;
+  reportInline(result: ForwardResult, attempt: InlineAttempt): void;
+  /** A message was spooled. */
+  notify(): void;
 }
 
 interface SmtpReplyError extends Error {
@@ -97,9 +109,11 @@ export function createSmtpServer(deps: SmtpDependencies): SMTPServer {
     // Addresses are logged so `hedwig grep ADDRESS` finds a message before any delivery attempt.
     const summary = { spoolId: id, sessionId, mailfrom: envelope.mailfrom, rcpttos: envelope.rcpttos, rcptCount: envelope.rcpttos.length, size: data.length };
     let temporaryReason = 'post office unavailable, retrying with backoff';
-    if (deps.shouldForwardInline()) {
+    const attempt = deps.postoffice.inlineAttempt();
+    if (attempt) {
       const result = await client.forward({ idempotencyKey: id, ...envelope, data });
       metrics.forwardAttempts.inc({ result: result.kind });
+      deps.postoffice.reportInline(result, attempt);
       if (result.kind === 'accepted') {
         metrics.accepted.inc({ path: 'inline' });
         logger.info({ event: 'accepted', ...summary, path: 'inline', postofficeId: result.id });
@@ -119,7 +133,7 @@ export function createSmtpServer(deps: SmtpDependencies): SMTPServer {
     logger.info({ event: 'spooled', spoolId: id, reason: temporaryReason });
     metrics.accepted.inc({ path: 'spooled' });
     logger.info({ event: 'accepted', ...summary, path: 'spooled' });
-    deps.onSpooled();
+    deps.postoffice.notify();
     return `2.0.0 Ok: queued as ${id} (spooled)`;
   }
 

@@ -9,7 +9,7 @@ import { HedwigError } from '../shared/errors.ts';
  * Layout under the spool directory:
  *   tmp/<id>                 being written; never answered with 250, so deleted on start-up
  *   new/<id>                 complete and fsynced; waiting to be forwarded
- *   failed/<id>              rejected permanently by the post office
+ *   failed/<id>              rejected permanently by the post office, or given up on
  *   failed/<id>.reason.json  why: { status, error, message, time }
  *
  * File format of a spooled message: one line of JSON (the envelope; JSON.stringify
@@ -32,9 +32,12 @@ export interface SpooledMessage {
 }
 
 export interface FailureReason {
+  /** The post office's HTTP status; 0 when mailman itself gave up (too_many_attempts, expired, corrupt_spool_file). */
   status: number;
   error: string;
   message: string;
+  /** Failed attempts that counted against the message, when it gave up on them. */
+  attempts?: number;
 }
 
 const ID_PATTERN = /^[0-9a-z]{9}-[0-9a-f]{12}$/;

@@ -3,17 +3,12 @@ import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSy
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
-import { pino } from 'pino';
-import { Registry } from 'prom-client';
 import { ConfigError } from '../../shared/config.ts';
 import { loadMailmanConfig } from '../../mailman/config.ts';
-import { Forwarder } from '../../mailman/forwarder.ts';
-import { createMailmanMetrics } from '../../mailman/metrics.ts';
 import { createNetworkMatcher, parseCidr } from '../../mailman/networks.ts';
-import { classifyResponse, type ForwardResult, type MailmanSubmission, type PostofficeClient } from '../../mailman/postoffice-client.ts';
+import { classifyResponse } from '../../mailman/postoffice-client.ts';
 import { rejectionReply } from '../../mailman/smtp.ts';
 import { Spool, decodeSpoolFile, encodeSpoolFile, isSpoolId, newSpoolId } from '../../mailman/spool.ts';
-import { waitFor } from '../helpers/ports.ts';
 
 const dirs: string[] = [];
 after(() => {
@@ -49,7 +44,7 @@ describe('mailman config', () => {
     assert.deepEqual(config.tls, {});
     assert.deepEqual(config.postoffice, { url: 'https://postoffice.example.test', fqdn: 'app.example.test', key: 'secret-key', timeoutMs: 10_000 });
     assert.deepEqual(config.spool, { dir: './data/spool' });
-    assert.deepEqual(config.forwarder, { minBackoffMs: 1_000, maxBackoffMs: 60_000, concurrency: 4 });
+    assert.deepEqual(config.forwarder, { minBackoffMs: 1_000, maxBackoffMs: 60_000, concurrency: 16, maxAttempts: 10, maxAgeSeconds: 432_000 });
     assert.deepEqual(config.ops, { host: '127.0.0.1', port: 9102 });
     assert.ok(config.hostname.length > 0);
   });
@@ -186,8 +181,13 @@ describe('post office answers', () => {
     assert.equal(classify(422, { error: 'idempotency_key_reused' }).kind, 'rejected');
   });
 
-  it('treats 503, other 5xx, 429 and unexpected statuses as temporary', () => {
-    for (const status of [503, 500, 502, 429, 404, 301]) assert.equal(classify(status, { error: 'x' }).kind, 'temporary', String(status));
+  it('treats 503, other 5xx, 429 and unexpected statuses as temporary: a 500 is about the message, the rest say the post office is unavailable', () => {
+    const cause = (status: number) => {
+      const result = classify(status, { error: 'x' });
+      return result.kind === 'temporary' ? result.cause : result.kind;
+    };
+    for (const status of [503, 502, 504, 429, 404, 301]) assert.equal(cause(status), 'unavailable', String(status));
+    for (const status of [500, 501, 507]) assert.equal(cause(status), 'error', String(status));
   });
 
   it('maps rejections to SMTP replies with enhanced status codes', () => {
@@ -199,97 +199,5 @@ describe('post office answers', () => {
     assert.match(reply(403), /^554 5\.7\.1 /);
     assert.match(reply(413), /^552 5\.3\.4 Message size exceeds fixed maximum message size/);
     assert.match(reply(400), /^554 5\.6\.0 /);
-  });
-});
-
-describe('forwarder', () => {
-  function scriptedClient(script: (message: MailmanSubmission, call: number) => ForwardResult | Promise<ForwardResult>) {
-    const calls: MailmanSubmission[] = [];
-    const client: PostofficeClient = {
-      async forward(message) {
-        calls.push(message);
-        return script(message, calls.length);
-      },
-      close() {},
-    };
-    return { client, calls };
-  }
-
-  async function setup(script: Parameters<typeof scriptedClient>[0], count: number, concurrency = 2) {
-    const spool = new Spool(join(tempDir(), 'spool'));
-    await spool.init();
-    const ids: string[] = [];
-    for (let i = 0; i < count; i++) {
-      const id = newSpoolId(1_000 + i);
-      ids.push(id);
-      await spool.write({ id, mailfrom: '', rcpttos: ['b@dest.test'], receivedAt: 0, data: Buffer.from(`message ${i}`) });
-    }
-    const { client, calls } = scriptedClient(script);
-    const logs: Array<Record<string, unknown>> = [];
-    const logger = pino({ level: 'info' }, { write: (line: string) => void logs.push(JSON.parse(line) as Record<string, unknown>) });
-    const metrics = createMailmanMetrics(new Registry(), () => spool.depth());
-    const forwarder = new Forwarder({ spool, client, logger, metrics, minBackoffMs: 10, maxBackoffMs: 40, concurrency });
-    return { spool, ids, calls, logs, forwarder, metrics };
-  }
-
-  it('forwards every spooled message with its id as the idempotency key and empties the spool', async () => {
-    const t = await setup(() => ({ kind: 'accepted', id: 'po' }), 5);
-    await t.forwarder.start();
-    await t.forwarder.idle();
-    assert.deepEqual(await t.spool.list(), []);
-    assert.deepEqual(t.calls.map((c) => c.idempotencyKey).sort(), t.ids);
-    assert.equal(t.logs.filter((l) => l.event === 'forwarded').length, 5);
-    await t.forwarder.stop();
-  });
-
-  it('pauses the whole drain on a temporary failure and retries with growing backoff', async () => {
-    const t = await setup((_, call) => (call <= 3 ? { kind: 'temporary', reason: 'ECONNREFUSED' } : { kind: 'accepted', id: 'po' }), 3, 1);
-    await t.forwarder.start();
-    await waitFor(async () => (await t.spool.depth()) === 0, { timeoutMs: 5_000, what: 'spool to drain' });
-    await t.forwarder.stop();
-    assert.equal(t.calls.length, 6, 'three failed attempts on the first message, then one per message');
-    const backoffs = t.logs.filter((l) => l.event === 'forward_backoff').map((l) => l.retryInMs);
-    assert.deepEqual(backoffs, [10, 20, 40]);
-  });
-
-  it('moves a permanently rejected message to failed/ and carries on with the rest', async () => {
-    const t = await setup((message) => (message.data.toString() === 'message 0' ? { kind: 'rejected', status: 403, error: 'sender_domain_not_allowed', message: 'no' } : { kind: 'accepted', id: 'po' }), 3);
-    await t.forwarder.start();
-    await t.forwarder.idle();
-    assert.deepEqual(await t.spool.list(), []);
-    assert.ok(readdirSync(t.spool.failedDir).includes(t.ids[0]!));
-    const failed = t.logs.find((l) => l.event === 'failed');
-    assert.deepEqual([failed?.spoolId, failed?.status, failed?.error], [t.ids[0], 403, 'sender_domain_not_allowed']);
-    await t.forwarder.stop();
-  });
-
-  it('moves an unreadable spool file to failed/ instead of retrying it forever', async () => {
-    const t = await setup(() => ({ kind: 'accepted', id: 'po' }), 0);
-    const id = newSpoolId();
-    writeFileSync(join(t.spool.newDir, id), '{"v":1,"id":"x"}\ntruncated');
-    await t.forwarder.start();
-    await t.forwarder.idle();
-    assert.equal(t.calls.length, 0);
-    assert.ok(readdirSync(t.spool.failedDir).includes(`${id}.reason.json`));
-    await t.forwarder.stop();
-  });
-
-  it('stop() waits for a forward in flight and leaves unsent messages in the spool', async () => {
-    let release: () => void = () => undefined;
-    const gate = new Promise<void>((resolve) => (release = resolve));
-    const t = await setup(async () => {
-      await gate;
-      return { kind: 'accepted', id: 'po' };
-    }, 3, 1);
-    await t.forwarder.start();
-    await waitFor(() => t.calls.length === 1, { what: 'first forward to start' });
-    let stopped = false;
-    const stopping = t.forwarder.stop().then(() => (stopped = true));
-    await new Promise((resolve) => setImmediate(resolve));
-    assert.equal(stopped, false, 'stop waits for the forward in flight');
-    release();
-    await stopping;
-    assert.equal(t.calls.length, 1);
-    assert.equal((await t.spool.list()).length, 2);
   });
 });
