@@ -76,8 +76,7 @@ function probeHost(listenHost: string): string {
 }
 
 function readinessUrl(target: TierProcess): Result<string> {
-  const prefix = target.tier.toUpperCase();
-  const file = configFileFromArgs(target.argv, prefix, target.env);
+  const file = configFileFromArgs(target.argv, target.tier, target.env);
   try {
     switch (target.tier) {
       case 'postoffice': {

@@ -1,6 +1,6 @@
 import { hostname as osHostname } from 'node:os';
 import { z } from 'zod';
-import { loadConfig, resolveSecret } from '../shared/config.ts';
+import { loadConfig, resolveSecret, type ConfigWarning } from '../shared/config.ts';
 import { parseCidr } from './networks.ts';
 
 const positiveInt = z.number().int().positive();
@@ -75,6 +75,6 @@ export const mailmanConfigSchema = z
 export type MailmanConfig = z.output<typeof mailmanConfigSchema>;
 
 /** Parses, validates and resolves secrets once; the result is what every other module works with. */
-export function loadMailmanConfig(file: string | undefined, env: NodeJS.ProcessEnv = process.env): MailmanConfig {
-  return loadConfig(mailmanConfigSchema, { file, envPrefix: 'MAILMAN', env });
+export function loadMailmanConfig(file: string | undefined, env: NodeJS.ProcessEnv = process.env, onWarning?: (warning: ConfigWarning) => void): MailmanConfig {
+  return loadConfig(mailmanConfigSchema, { file, tier: 'mailman', env, onWarning });
 }

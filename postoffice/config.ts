@@ -1,5 +1,5 @@
 import { z } from 'zod';
-import { hostPortSchema, loadConfig } from '../shared/config.ts';
+import { hostPortSchema, loadConfig, type ConfigWarning } from '../shared/config.ts';
 import { JOB_TTR_SECONDS, TUBE } from '../shared/job.ts';
 import { clientsConfigSchema } from './auth.ts';
 import { statusConfigSchema } from './status.ts';
@@ -55,6 +55,6 @@ export const postofficeConfigSchema = z
 
 export type PostofficeConfig = z.infer<typeof postofficeConfigSchema>;
 
-export function loadPostofficeConfig(file: string | undefined, env: NodeJS.ProcessEnv = process.env): PostofficeConfig {
-  return loadConfig(postofficeConfigSchema, { file, envPrefix: 'POSTOFFICE', env });
+export function loadPostofficeConfig(file: string | undefined, env: NodeJS.ProcessEnv = process.env, onWarning?: (warning: ConfigWarning) => void): PostofficeConfig {
+  return loadConfig(postofficeConfigSchema, { file, tier: 'postoffice', env, onWarning });
 }

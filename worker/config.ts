@@ -1,6 +1,6 @@
 import { hostname } from 'node:os';
 import { z } from 'zod';
-import { ConfigError, hostPortSchema, loadConfig, type KeyIssue } from '../shared/config.ts';
+import { ConfigError, hostPortSchema, loadConfig, type ConfigWarning, type KeyIssue } from '../shared/config.ts';
 import { TUBE } from '../shared/job.ts';
 import { daneSchema } from './dane.ts';
 import { dkimSchema, loadDkimKeys, type DkimKeys } from './dkim.ts';
@@ -76,8 +76,8 @@ export const workerConfigSchema = z
 
 export type WorkerConfig = z.infer<typeof workerConfigSchema>;
 
-export function loadWorkerConfig(file: string | undefined, env: NodeJS.ProcessEnv = process.env): WorkerConfig {
-  return loadConfig(workerConfigSchema, { file, envPrefix: 'WORKER', env });
+export function loadWorkerConfig(file: string | undefined, env: NodeJS.ProcessEnv = process.env, onWarning?: (warning: ConfigWarning) => void): WorkerConfig {
+  return loadConfig(workerConfigSchema, { file, tier: 'worker', env, onWarning });
 }
 
 /** What the files named in the config hold, read and checked. */
@@ -99,11 +99,7 @@ export function readConfiguredFiles(config: WorkerConfig, source: string): Confi
   if (ca && !ca.ok) issues.push({ path: ['tls', 'caFile'], message: ca.message });
   const webhook = config.webhook ? webhookConfigFrom(config.webhook) : undefined;
   if (webhook && !webhook.ok) issues.push({ ...webhook.issue, path: ['webhook', ...webhook.issue.path] });
-  if (issues.length > 0) {
-    const [first, ...more] = issues.map((issue) => ({ key: issue.path.map(String).join('.'), message: issue.message }));
-    const others = more.map((issue) => `; ${issue.key}: ${issue.message}`).join('');
-    throw new ConfigError(source, first!.key, `${first!.message}${others}`);
-  }
+  if (issues.length > 0) throw new ConfigError(issues.map((issue) => ({ source, key: issue.path.map(String).join('.'), message: issue.message })));
   return {
     dkim: dkim.ok ? dkim.keys : new Map(),
     ...(ca?.ok ? { tlsCa: ca.ca } : {}),

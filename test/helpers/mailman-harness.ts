@@ -62,15 +62,15 @@ export async function startHarness(
   cleanups.push(() => postoffice.stop());
   const spoolDir = options.spoolDir ?? join(tempDir('hedwig-mailman-'), 'spool');
   const config = loadMailmanConfig(undefined, {
-    MAILMAN_LISTEN__PORT: '0',
-    MAILMAN_OPS__PORT: '0',
-    MAILMAN_POSTOFFICE__URL: postoffice.url,
-    MAILMAN_POSTOFFICE__FQDN: FQDN,
-    MAILMAN_POSTOFFICE__KEY: KEY,
-    MAILMAN_POSTOFFICE__TIMEOUT_MS: '2000',
-    MAILMAN_SPOOL__DIR: spoolDir,
-    MAILMAN_FORWARDER__MIN_BACKOFF_MS: '50',
-    MAILMAN_FORWARDER__MAX_BACKOFF_MS: '200',
+    HEDWIG_MAILMAN__LISTEN__PORT: '0',
+    HEDWIG_MAILMAN__OPS__PORT: '0',
+    HEDWIG_MAILMAN__POSTOFFICE__URL: postoffice.url,
+    HEDWIG_MAILMAN__POSTOFFICE__FQDN: FQDN,
+    HEDWIG_MAILMAN__POSTOFFICE__KEY: KEY,
+    HEDWIG_MAILMAN__POSTOFFICE__TIMEOUT_MS: '2000',
+    HEDWIG_MAILMAN__SPOOL__DIR: spoolDir,
+    HEDWIG_MAILMAN__FORWARDER__MIN_BACKOFF_MS: '50',
+    HEDWIG_MAILMAN__FORWARDER__MAX_BACKOFF_MS: '200',
     ...options.env,
   });
   const logs: LogLine[] = [];

@@ -78,27 +78,27 @@ describe('the production build with the config/ examples', { timeout: 180_000 },
 
     tiers.postoffice = await startTier('postoffice', productionConfig('postoffice', secrets), {
       distDir,
-      env: { POSTOFFICE_LISTEN__HOST: '127.0.0.1', POSTOFFICE_LISTEN__PORT: String(postofficePort), POSTOFFICE_BEANSTALK__SERVERS: loopbackBeanstalk },
+      env: { HEDWIG_POSTOFFICE__LISTEN__HOST: '127.0.0.1', HEDWIG_POSTOFFICE__LISTEN__PORT: String(postofficePort), HEDWIG_POSTOFFICE__BEANSTALK__SERVERS: loopbackBeanstalk },
     });
     tiers.worker = await startTier('worker', productionConfig('worker', secrets), {
       distDir,
       env: {
-        WORKER_BEANSTALK__SERVERS: loopbackBeanstalk,
-        WORKER_CONCURRENCY: '2',
-        WORKER_ROUTES: `{"example.org": "127.0.0.1:${sink.port}"}`,
-        WORKER_OPS__HOST: '127.0.0.1',
-        WORKER_OPS__PORT: String(await freePort()),
+        HEDWIG_WORKER__BEANSTALK__SERVERS: loopbackBeanstalk,
+        HEDWIG_WORKER__CONCURRENCY: '2',
+        HEDWIG_WORKER__ROUTES: `{"example.org": "127.0.0.1:${sink.port}"}`,
+        HEDWIG_WORKER__OPS__HOST: '127.0.0.1',
+        HEDWIG_WORKER__OPS__PORT: String(await freePort()),
       },
     });
     tiers.mailman = await startTier('mailman', productionConfig('mailman', secrets), {
       distDir,
       readyPort: mailmanPort,
       env: {
-        MAILMAN_LISTEN__PORT: String(mailmanPort),
-        MAILMAN_POSTOFFICE__URL: `https://127.0.0.1:${postofficePort}`,
-        MAILMAN_POSTOFFICE__CA_FILE: join(secrets, 'postoffice-ca.crt'),
-        MAILMAN_SPOOL__DIR: join(buildDir, 'spool'),
-        MAILMAN_OPS__PORT: String(await freePort()),
+        HEDWIG_MAILMAN__LISTEN__PORT: String(mailmanPort),
+        HEDWIG_MAILMAN__POSTOFFICE__URL: `https://127.0.0.1:${postofficePort}`,
+        HEDWIG_MAILMAN__POSTOFFICE__CA_FILE: join(secrets, 'postoffice-ca.crt'),
+        HEDWIG_MAILMAN__SPOOL__DIR: join(buildDir, 'spool'),
+        HEDWIG_MAILMAN__OPS__PORT: String(await freePort()),
       },
     });
   });

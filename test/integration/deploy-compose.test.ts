@@ -13,6 +13,7 @@ import { tmpdir } from 'node:os';
 import { join, relative, resolve } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { parse as parseYaml } from 'yaml';
+import { envNamespace } from '../../shared/config.ts';
 import { jobSizeFor } from '../../shared/job.ts';
 import { loadMailmanConfig } from '../../mailman/config.ts';
 import { loadPostofficeConfig, type PostofficeConfig } from '../../postoffice/config.ts';
@@ -275,7 +276,7 @@ describe('docker-compose.yml', () => {
   it('loads every tier config through the tier loader with the service environment (known keys only)', () => {
     for (const [name, service, tier] of hedwigServices()) {
       for (const variable of Object.keys(service.environment ?? {})) {
-        assert.ok(variable.startsWith(`${tier.toUpperCase()}_`) || ['LOG_LEVEL', 'NODE_OPTIONS'].includes(variable), `${name}: ${variable} is not a ${tier} setting`);
+        assert.ok(variable.startsWith(envNamespace(tier)) || ['LOG_LEVEL', 'NODE_OPTIONS'].includes(variable), `${name}: ${variable} is not a ${tier} setting (${envNamespace(tier)}*)`);
       }
       assert.ok(loaded.get(name), `${name} loaded`);
     }
@@ -429,7 +430,7 @@ describe('deploy/hedwig-mailman.service', () => {
 
   it('runs the compiled mailman with config/mailman.yaml installed at /etc/hedwig, hardened', () => {
     const [exec] = settings('ExecStart');
-    assert.match(exec!, /^\/usr\/bin\/node \/opt\/hedwig\/(dist\/mailman\/main\.js) --config \/etc\/hedwig\/mailman\.yaml$/);
+    assert.match(exec!, /^\/usr\/local\/bin\/node \/opt\/hedwig\/(dist\/mailman\/main\.js) --config \/etc\/hedwig\/mailman\.yaml$/);
     assert.ok(existsSync(join(root, sourceOfDist('dist/mailman/main.js'))));
     for (const hardening of ['DynamicUser=yes', 'ProtectSystem=strict', 'NoNewPrivileges=yes', 'PrivateTmp=yes', 'ProtectHome=yes', 'StateDirectory=hedwig-mailman']) {
       assert.ok(unit.includes(`\n${hardening}\n`), hardening);

@@ -118,7 +118,7 @@ describe('mailman: spooling while the post office is unavailable', () => {
   });
 
   it('spools when the post office does not answer within postoffice.timeoutMs', async () => {
-    const h = await startHarness({ env: { MAILMAN_POSTOFFICE__TIMEOUT_MS: '300' } });
+    const h = await startHarness({ env: { HEDWIG_MAILMAN__POSTOFFICE__TIMEOUT_MS: '300' } });
     h.postoffice.answer({ kind: 'hang' });
     const result = await msmtp(h.mailman.port, ['b@dest.test']);
     assert.equal(result.code, 0, result.stderr);
@@ -184,7 +184,7 @@ describe('mailman: spooling while the post office is unavailable', () => {
 
 describe('mailman: SMTP policy', () => {
   it('refuses a client outside allowedNetworks with 554 5.7.1 and closes the connection', async () => {
-    const h = await startHarness({ env: { MAILMAN_ALLOWED_NETWORKS: '[127.0.0.2/32]' } });
+    const h = await startHarness({ env: { HEDWIG_MAILMAN__ALLOWED_NETWORKS: '[127.0.0.2/32]' } });
     const dialog = await SmtpDialog.open(h.mailman.port, '127.0.0.1', '127.0.0.1');
     assert.match(await dialog.reply(), /^554 5\.7\.1 /);
     await assert.rejects(dialog.reply(), /connection closed/);
@@ -194,14 +194,14 @@ describe('mailman: SMTP policy', () => {
   });
 
   it('accepts a client inside allowedNetworks when that is not the loopback default', async () => {
-    const h = await startHarness({ env: { MAILMAN_ALLOWED_NETWORKS: '[127.0.0.2/32]', MAILMAN_LISTEN__HOST: '127.0.0.1' } });
+    const h = await startHarness({ env: { HEDWIG_MAILMAN__ALLOWED_NETWORKS: '[127.0.0.2/32]', HEDWIG_MAILMAN__LISTEN__HOST: '127.0.0.1' } });
     const dialog = await SmtpDialog.open(h.mailman.port, '127.0.0.1', '127.0.0.2');
     assert.match(await dialog.reply(), /^220 /);
     dialog.close();
   });
 
   it('answers an oversized message with 552 5.3.4 after reading it, and keeps serving the same connection', async () => {
-    const h = await startHarness({ env: { MAILMAN_MAX_MESSAGE_BYTES: '1000' } });
+    const h = await startHarness({ env: { HEDWIG_MAILMAN__MAX_MESSAGE_BYTES: '1000' } });
     const dialog = await SmtpDialog.open(h.mailman.port);
     assert.match(await dialog.reply(), /^220 /);
     assert.match(await dialog.command('EHLO client.test'), /250 SIZE 1000/);
@@ -222,7 +222,7 @@ describe('mailman: SMTP policy', () => {
   });
 
   it('answers 452 4.5.3 for recipients beyond maxRecipients and delivers to the accepted ones', async () => {
-    const h = await startHarness({ env: { MAILMAN_MAX_RECIPIENTS: '2' } });
+    const h = await startHarness({ env: { HEDWIG_MAILMAN__MAX_RECIPIENTS: '2' } });
     const dialog = await SmtpDialog.open(h.mailman.port);
     await dialog.reply();
     await dialog.command('EHLO client.test');
@@ -252,7 +252,7 @@ describe('mailman: SMTP policy', () => {
   });
 
   it('turns away connections beyond maxClients with 421 and serves the next one once a slot is free', async () => {
-    const h = await startHarness({ env: { MAILMAN_MAX_CLIENTS: '1' } });
+    const h = await startHarness({ env: { HEDWIG_MAILMAN__MAX_CLIENTS: '1' } });
     const first = await SmtpDialog.open(h.mailman.port);
     assert.match(await first.reply(), /^220 /);
     const second = await SmtpDialog.open(h.mailman.port);
@@ -327,7 +327,7 @@ describe('mailman: TLS', () => {
   });
 
   it('forwards over HTTPS to a post office whose certificate a private CA (postoffice.caFile) signed', async () => {
-    const h = await startHarness({ postofficeTls: pems(), env: { MAILMAN_POSTOFFICE__CA_FILE: certFile } });
+    const h = await startHarness({ postofficeTls: pems(), env: { HEDWIG_MAILMAN__POSTOFFICE__CA_FILE: certFile } });
     assert.match(h.postoffice.url, /^https:/);
     const result = await msmtp(h.mailman.port, ['b@dest.test']);
     assert.equal(result.code, 0, result.stderr);
@@ -347,7 +347,7 @@ describe('mailman: TLS', () => {
   });
 
   it('offers STARTTLS with the operator certificate (tls.cert/tls.key) and still no AUTH', async () => {
-    const h = await startHarness({ env: { MAILMAN_TLS__CERT: certFile, MAILMAN_TLS__KEY: keyFile } });
+    const h = await startHarness({ env: { HEDWIG_MAILMAN__TLS__CERT: certFile, HEDWIG_MAILMAN__TLS__KEY: keyFile } });
     const dialog = await SmtpDialog.open(h.mailman.port);
     await dialog.reply();
     const ehlo = await dialog.command('EHLO client.test');

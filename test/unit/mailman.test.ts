@@ -20,7 +20,7 @@ function tempDir(): string {
   return dir;
 }
 
-const REQUIRED = { MAILMAN_POSTOFFICE__URL: 'https://postoffice.example.test', MAILMAN_POSTOFFICE__FQDN: 'app.example.test', MAILMAN_POSTOFFICE__KEY: 'secret-key' };
+const REQUIRED = { HEDWIG_MAILMAN__POSTOFFICE__URL: 'https://postoffice.example.test', HEDWIG_MAILMAN__POSTOFFICE__FQDN: 'app.example.test', HEDWIG_MAILMAN__POSTOFFICE__KEY: 'secret-key' };
 
 function configError(fn: () => unknown): ConfigError {
   try {
@@ -52,20 +52,20 @@ describe('mailman config', () => {
   it('reads the key from postoffice.keyFile (a Docker secret) without its trailing newline', () => {
     const keyFile = join(tempDir(), 'key');
     writeFileSync(keyFile, 'from-file\n');
-    const { MAILMAN_POSTOFFICE__KEY: _, ...withoutKey } = REQUIRED;
-    const config = loadMailmanConfig(undefined, { ...withoutKey, MAILMAN_POSTOFFICE__KEY_FILE: keyFile });
+    const { HEDWIG_MAILMAN__POSTOFFICE__KEY: _, ...withoutKey } = REQUIRED;
+    const config = loadMailmanConfig(undefined, { ...withoutKey, HEDWIG_MAILMAN__POSTOFFICE__KEY_FILE: keyFile });
     assert.equal(config.postoffice.key, 'from-file');
     assert.ok(!('keyFile' in config.postoffice));
   });
 
   it('names the missing key, an unreadable key file, a bad CIDR, half a TLS pair and a non-HTTP URL', () => {
-    const { MAILMAN_POSTOFFICE__KEY: _, ...withoutKey } = REQUIRED;
+    const { HEDWIG_MAILMAN__POSTOFFICE__KEY: _, ...withoutKey } = REQUIRED;
     assert.equal(configError(() => loadMailmanConfig(undefined, withoutKey)).key, 'postoffice.key');
-    assert.equal(configError(() => loadMailmanConfig(undefined, { ...withoutKey, MAILMAN_POSTOFFICE__KEY_FILE: '/nonexistent/key' })).key, 'postoffice.keyFile');
-    assert.equal(configError(() => loadMailmanConfig(undefined, { ...REQUIRED, MAILMAN_ALLOWED_NETWORKS: '[10.0.0.0/33]' })).key, 'allowedNetworks.0');
-    assert.equal(configError(() => loadMailmanConfig(undefined, { ...REQUIRED, MAILMAN_TLS__CERT: '/etc/cert.pem' })).key, 'tls');
-    assert.equal(configError(() => loadMailmanConfig(undefined, { ...REQUIRED, MAILMAN_POSTOFFICE__URL: 'ftp://x' })).key, 'postoffice.url');
-    assert.equal(configError(() => loadMailmanConfig(undefined, { ...REQUIRED, MAILMAN_UNKNOWN: '1' })).key, '(root)');
+    assert.equal(configError(() => loadMailmanConfig(undefined, { ...withoutKey, HEDWIG_MAILMAN__POSTOFFICE__KEY_FILE: '/nonexistent/key' })).key, 'postoffice.keyFile');
+    assert.equal(configError(() => loadMailmanConfig(undefined, { ...REQUIRED, HEDWIG_MAILMAN__ALLOWED_NETWORKS: '[10.0.0.0/33]' })).key, 'allowedNetworks.0');
+    assert.equal(configError(() => loadMailmanConfig(undefined, { ...REQUIRED, HEDWIG_MAILMAN__TLS__CERT: '/etc/cert.pem' })).key, 'tls');
+    assert.equal(configError(() => loadMailmanConfig(undefined, { ...REQUIRED, HEDWIG_MAILMAN__POSTOFFICE__URL: 'ftp://x' })).key, 'postoffice.url');
+    assert.equal(configError(() => loadMailmanConfig(undefined, { ...REQUIRED, HEDWIG_MAILMAN__UNKNOWN: '1' })).key, 'unknown');
   });
 });
 

@@ -72,12 +72,12 @@ describe('post office configuration', () => {
     rejects('clients:\n  a.example:\n    keyFile: /nonexistent/key\n    senderDomains: [example.com]\n', /^clients\.a\.example\.keyFile$/);
     rejects(`clients:\n  a.example:\n    key: ${KEY}\n    senderDomains: ["exa mple.com"]\n`, /^clients\.a\.example\.senderDomains\.0$/);
     rejects(`clients:\n  a.example:\n    key: ${KEY}\n    senderDomains: []\n`, /^clients\.a\.example\.senderDomains$/);
-    rejects(`clients:\n  a.example:\n    key: ${KEY}\n    senderDomains: [example.com]\n    extra: 1\n`, /^clients\.a\.example$/);
+    rejects(`clients:\n  a.example:\n    key: ${KEY}\n    senderDomains: [example.com]\n    extra: 1\n`, /^clients\.a\.example\.extra$/);
   });
 
   it('rejects unknown keys and accepts environment overrides', () => {
-    rejects('limits:\n  maxMesageBytes: 5\n', /^limits$/);
-    const config = loadPostofficeConfig(undefined, { POSTOFFICE_LISTEN__PORT: '9025', POSTOFFICE_LEGACY__ENABLED: 'false', POSTOFFICE_BEANSTALK__SERVERS: '[a:1, b:2]' });
+    rejects('limits:\n  maxMesageBytes: 5\n', /^limits\.maxMesageBytes$/);
+    const config = loadPostofficeConfig(undefined, { HEDWIG_POSTOFFICE__LISTEN__PORT: '9025', HEDWIG_POSTOFFICE__LEGACY__ENABLED: 'false', HEDWIG_POSTOFFICE__BEANSTALK__SERVERS: '[a:1, b:2]' });
     assert.equal(config.listen.port, 9025);
     assert.equal(config.legacy.enabled, false);
     assert.deepEqual(config.beanstalk.servers, [{ host: 'a', port: 1 }, { host: 'b', port: 2 }]);

@@ -5,7 +5,7 @@ import { loadConfig } from '../../shared/config.ts';
 import { TUBE } from '../../shared/job.ts';
 import { workerConfigSchema } from '../../worker/config.ts';
 
-const load = (env: NodeJS.ProcessEnv) => loadConfig(workerConfigSchema, { envPrefix: 'WORKER', env });
+const load = (env: NodeJS.ProcessEnv) => loadConfig(workerConfigSchema, { tier: 'worker', env });
 
 describe('worker config', () => {
   it('has safe defaults', () => {
@@ -25,10 +25,10 @@ describe('worker config', () => {
 
   it('takes overrides from the environment', () => {
     const config = load({
-      WORKER_RETRY__DELAYS_SECONDS: '[1, 2]',
-      WORKER_DNS__SERVERS: '["127.0.0.1:5353", "::1"]',
-      WORKER_ROUTES: '{Example.COM: "relay.internal:2525"}',
-      WORKER_ALLOW_PRIVATE_ADDRESSES: 'true',
+      HEDWIG_WORKER__RETRY__DELAYS_SECONDS: '[1, 2]',
+      HEDWIG_WORKER__DNS__SERVERS: '["127.0.0.1:5353", "::1"]',
+      HEDWIG_WORKER__ROUTES: '{Example.COM: "relay.internal:2525"}',
+      HEDWIG_WORKER__ALLOW_PRIVATE_ADDRESSES: 'true',
     });
     assert.deepEqual(config.retry.delaysSeconds, [1, 2]);
     assert.deepEqual(config.dns.servers, ['127.0.0.1:5353', '::1']);
@@ -37,10 +37,10 @@ describe('worker config', () => {
   });
 
   it('rejects DNS servers given by name, bad routes, an empty retry schedule and unknown keys', () => {
-    assert.throws(() => load({ WORKER_DNS__SERVERS: '["dns.example.com"]' }), /dns\.servers/);
-    assert.throws(() => load({ WORKER_ROUTES: '{a.test: "host:notaport"}' }), /routes/);
-    assert.throws(() => load({ WORKER_ROUTES: '{a.test: "host:70000"}' }), /routes/);
-    assert.throws(() => load({ WORKER_RETRY__DELAYS_SECONDS: '[]' }), /retry\.delaysSeconds/);
-    assert.throws(() => load({ WORKER_CONCURENCY: '3' }), /Unrecognized key|concurency/);
+    assert.throws(() => load({ HEDWIG_WORKER__DNS__SERVERS: '["dns.example.com"]' }), /dns\.servers/);
+    assert.throws(() => load({ HEDWIG_WORKER__ROUTES: '{a.test: "host:notaport"}' }), /routes/);
+    assert.throws(() => load({ HEDWIG_WORKER__ROUTES: '{a.test: "host:70000"}' }), /routes/);
+    assert.throws(() => load({ HEDWIG_WORKER__RETRY__DELAYS_SECONDS: '[]' }), /retry\.delaysSeconds/);
+    assert.throws(() => load({ HEDWIG_WORKER__CONCURENCY: '3' }), /Unrecognized key|concurency/);
   });
 });
