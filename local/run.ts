@@ -7,17 +7,17 @@
 import { randomBytes } from 'node:crypto';
 import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
 import { dirname, resolve } from 'node:path';
-import { loadConfig } from '../shared/config.ts';
+import { configFileVariable } from '../shared/config.ts';
 import { formatHostPort } from '../shared/host-port.ts';
 import { jobSizeFor } from '../shared/job.ts';
-import { handleShutdown, runMain } from '../shared/lifecycle.ts';
+import { handleShutdown, logConfigWarnings, runMain } from '../shared/lifecycle.ts';
 import { createLogger } from '../shared/logger.ts';
 import { createRegistry } from '../shared/ops-server.ts';
-import { mailmanConfigSchema } from '../mailman/config.ts';
+import { loadMailmanConfig } from '../mailman/config.ts';
 import { startMailman } from '../mailman/server.ts';
-import { postofficeConfigSchema } from '../postoffice/config.ts';
+import { loadPostofficeConfig } from '../postoffice/config.ts';
 import { startPostoffice } from '../postoffice/server.ts';
-import { workerConfigSchema } from '../worker/config.ts';
+import { loadWorkerConfig } from '../worker/config.ts';
 import { startWorker } from '../worker/server.ts';
 import { startBeanstalkd } from './beanstalkd.ts';
 
@@ -31,32 +31,42 @@ function ensureHostKey(path: string): void {
   logger.info({ event: 'host_key_created', path }, 'created the local host key');
 }
 
-await runMain(logger, async () => {
+/** The tier's file from HEDWIG_<TIER>_CONFIG, else the local sample beside this script. */
+function localConfigFile(tier: string): string {
+  return process.env[configFileVariable(tier)] || `${here}/${tier}.yaml`;
+}
+
+await runMain(logger, async (started) => {
   // The sample configs refer to files under data/local (relative to the working directory).
   const dataDir = resolve('data/local');
   ensureHostKey(resolve(dataDir, 'host.key'));
 
-  const postofficeConfig = loadConfig(postofficeConfigSchema, { file: process.env.POSTOFFICE_CONFIG ?? `${here}/postoffice.yaml`, envPrefix: 'POSTOFFICE' });
-  const workerConfig = loadConfig(workerConfigSchema, { file: process.env.WORKER_CONFIG ?? `${here}/worker.yaml`, envPrefix: 'WORKER' });
-  const mailmanConfig = loadConfig(mailmanConfigSchema, { file: process.env.MAILMAN_CONFIG ?? `${here}/mailman.yaml`, envPrefix: 'MAILMAN' });
+  const warn = logConfigWarnings(logger);
+  const postofficeConfig = loadPostofficeConfig(localConfigFile('postoffice'), process.env, warn);
+  const workerConfig = loadWorkerConfig(localConfigFile('worker'), process.env, warn);
+  const mailmanConfig = loadMailmanConfig(localConfigFile('mailman'), process.env, warn);
 
   // postoffice config parses servers into { host, port } already.
   const { host: beanstalkHost, port: beanstalkPort } = postofficeConfig.beanstalk.servers[0] ?? { host: '127.0.0.1', port: 11400 };
-  const beanstalkd = await startBeanstalkd(
-    {
-      binary: process.env.BEANSTALKD_BIN ?? 'beanstalkd',
-      host: beanstalkHost ?? '127.0.0.1',
-      port: Number(beanstalkPort ?? 11400),
-      binlogDir: resolve(dataDir, 'beanstalkd'),
-      maxJobSize: jobSizeFor(postofficeConfig.limits.maxMessageBytes, postofficeConfig.limits.maxRecipients),
-      fsyncMs: 0,
-    },
-    logger,
+  // Everything started is registered, so a later failure (a port already taken) stops it again.
+  const beanstalkd = started.add(
+    'beanstalkd',
+    await startBeanstalkd(
+      {
+        binary: process.env.BEANSTALKD_BIN ?? 'beanstalkd',
+        host: beanstalkHost ?? '127.0.0.1',
+        port: Number(beanstalkPort ?? 11400),
+        binlogDir: resolve(dataDir, 'beanstalkd'),
+        maxJobSize: jobSizeFor(postofficeConfig.limits.maxMessageBytes, postofficeConfig.limits.maxRecipients),
+        fsyncMs: 0,
+      },
+      logger,
+    ),
   );
 
-  const postoffice = await startPostoffice(postofficeConfig, { logger: createLogger('postoffice'), registry: createRegistry('postoffice') });
-  const worker = await startWorker(workerConfig, { logger: createLogger('worker'), registry: createRegistry('worker') });
-  const mailman = await startMailman(mailmanConfig, { logger: createLogger('mailman'), registry: createRegistry('mailman') });
+  const postoffice = started.add('postoffice', await startPostoffice(postofficeConfig, { logger: createLogger('postoffice'), registry: createRegistry('postoffice') }));
+  const worker = started.add('worker', await startWorker(workerConfig, { logger: createLogger('worker'), registry: createRegistry('worker') }));
+  const mailman = started.add('mailman', await startMailman(mailmanConfig, { logger: createLogger('mailman'), registry: createRegistry('mailman') }));
 
   handleShutdown(logger, [
     { name: 'mailman', stop: () => mailman.stop() },

@@ -22,7 +22,7 @@ function readCa(path: string | undefined): string | undefined {
   try {
     return readFileSync(path, 'utf8');
   } catch (err) {
-    throw new HedwigError('STARTUP_FAILED', `cannot read postoffice.caFile ${path}: ${errorCode(err) ?? String(err)}`);
+    throw new HedwigError('CONFIG_INVALID', `cannot read postoffice.caFile ${path}: ${errorCode(err) ?? String(err)}`);
   }
 }
 

@@ -89,7 +89,7 @@ function readTlsFile(path: string, key: string): string {
   try {
     return readFileSync(path, 'utf8');
   } catch (err) {
-    throw new HedwigError('STARTUP_FAILED', `cannot read ${key} ${path}: ${errorCode(err) ?? errorMessage(err)}`);
+    throw new HedwigError('CONFIG_INVALID', `cannot read ${key} ${path}: ${errorCode(err) ?? errorMessage(err)}`);
   }
 }
 

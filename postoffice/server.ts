@@ -30,7 +30,7 @@ function readTls(tls: NonNullable<PostofficeConfig['tls']>): { cert: Buffer; key
     try {
       return readFileSync(path);
     } catch (err) {
-      throw new HedwigError('STARTUP_FAILED', `cannot read tls.${key} ${path}: ${errorCode(err) ?? errorMessage(err)}`);
+      throw new HedwigError('CONFIG_INVALID', `cannot read tls.${key} ${path}: ${errorCode(err) ?? errorMessage(err)}`);
     }
   };
   return { cert: read(tls.cert, 'cert'), key: read(tls.key, 'key') };

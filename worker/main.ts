@@ -1,15 +1,17 @@
 import { resolve } from 'node:path';
 import { configFileFromArgs } from '../shared/config.ts';
-import { handleShutdown, runMain } from '../shared/lifecycle.ts';
+import { handleShutdown, logConfigWarnings, runMain } from '../shared/lifecycle.ts';
 import { createLogger } from '../shared/logger.ts';
 import { loadWorkerConfig, readConfiguredFiles } from './config.ts';
 import { startWorker } from './server.ts';
 
 const logger = createLogger('worker');
 
+// Exit codes (shared/lifecycle.ts): 2 for a configuration error, 1 for a transient failure.
 await runMain(logger, async () => {
-  const file = configFileFromArgs(process.argv, 'WORKER');
-  const config = loadWorkerConfig(file);
+  const warn = logConfigWarnings(logger);
+  const file = configFileFromArgs(process.argv, 'worker', process.env, warn);
+  const config = loadWorkerConfig(file, process.env, warn);
   const files = readConfiguredFiles(config, file ? resolve(file) : '(defaults)');
   const worker = await startWorker(config, { logger, files });
   // The lifecycle timeout must outlast the worker's own grace period plus its abort step.

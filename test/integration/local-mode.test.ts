@@ -7,6 +7,7 @@ import assert from 'node:assert/strict';
 import { execFile, spawn } from 'node:child_process';
 import { existsSync, mkdtempSync, statSync } from 'node:fs';
 import { createRequire } from 'node:module';
+import { connect, createServer, type AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { after, before, describe, it } from 'node:test';
@@ -35,14 +36,14 @@ describe('all-in-one local mode (npm start)', { timeout: 90_000 }, () => {
       stdio: ['ignore', 'pipe', 'pipe'],
       env: {
         ...process.env,
-        MAILMAN_LISTEN__PORT: String(smtpPort),
-        MAILMAN_POSTOFFICE__URL: `http://127.0.0.1:${httpPort}`,
-        MAILMAN_OPS__PORT: '0',
-        POSTOFFICE_LISTEN__PORT: String(httpPort),
-        POSTOFFICE_BEANSTALK__SERVERS: beanstalk,
-        WORKER_BEANSTALK__SERVERS: beanstalk,
-        WORKER_OPS__PORT: '0',
-        WORKER_ROUTES: `{example.org: "127.0.0.1:${sink.port}"}`,
+        HEDWIG_MAILMAN__LISTEN__PORT: String(smtpPort),
+        HEDWIG_MAILMAN__POSTOFFICE__URL: `http://127.0.0.1:${httpPort}`,
+        HEDWIG_MAILMAN__OPS__PORT: '0',
+        HEDWIG_POSTOFFICE__LISTEN__PORT: String(httpPort),
+        HEDWIG_POSTOFFICE__BEANSTALK__SERVERS: beanstalk,
+        HEDWIG_WORKER__BEANSTALK__SERVERS: beanstalk,
+        HEDWIG_WORKER__OPS__PORT: '0',
+        HEDWIG_WORKER__ROUTES: `{example.org: "127.0.0.1:${sink.port}"}`,
       },
     });
     child.stdout!.on('data', (c: Buffer) => (output += c.toString()));
@@ -83,5 +84,58 @@ describe('all-in-one local mode (npm start)', { timeout: 90_000 }, () => {
     await waitFor(() => exitCode !== undefined, { timeoutMs: 30_000, what: 'local mode to stop' });
     assert.equal(exitCode, 0, output.slice(-2000));
     for (const part of ['mailman', 'postoffice', 'worker', 'beanstalkd']) assert.match(output, new RegExp(`"event":"stopped","component":"${part}"`));
+  });
+});
+
+describe('local mode when start-up fails after beanstalkd started', { timeout: 60_000 }, () => {
+  it('stops its beanstalkd (and every tier it started) and exits 1 when a port is already taken', async () => {
+    const cwd = mkdtempSync(join(tmpdir(), 'hedwig-local-fail-'));
+    const taken = createServer();
+    await new Promise<void>((done) => taken.listen(0, '127.0.0.1', done));
+    const smtpPort = (taken.address() as AddressInfo).port;
+    const beanstalkPort = await freePort();
+    const beanstalk = `["127.0.0.1:${beanstalkPort}"]`;
+    let output = '';
+    let beanstalkdPid: number | undefined;
+    try {
+      const child = spawn(process.execPath, ['--import', tsx, join(root, 'local', 'run.ts')], {
+        cwd,
+        stdio: ['ignore', 'pipe', 'pipe'],
+        env: {
+          ...process.env,
+          // mailman starts last, so beanstalkd, the post office and the worker are up when it fails.
+          HEDWIG_MAILMAN__LISTEN__PORT: String(smtpPort),
+          HEDWIG_MAILMAN__OPS__PORT: '0',
+          HEDWIG_POSTOFFICE__LISTEN__PORT: String(await freePort()),
+          HEDWIG_POSTOFFICE__BEANSTALK__SERVERS: beanstalk,
+          HEDWIG_WORKER__BEANSTALK__SERVERS: beanstalk,
+          HEDWIG_WORKER__OPS__PORT: '0',
+        },
+      });
+      child.stdout!.on('data', (c: Buffer) => (output += c.toString()));
+      child.stderr!.on('data', (c: Buffer) => (output += c.toString()));
+      const code = await new Promise<number | null>((done) => child.once('exit', done));
+      assert.equal(code, 1, output.slice(-2000));
+      assert.match(output, /"event":"startup_failed".*EADDRINUSE/);
+      const started = /"pid":(\d+),"event":"beanstalkd_started"|"event":"beanstalkd_started","pid":(\d+)/.exec(output);
+      assert.ok(started, `beanstalkd started first: ${output.slice(-2000)}`);
+      beanstalkdPid = Number(started[1] ?? started[2]);
+      assert.throws(() => process.kill(beanstalkdPid!, 0), { code: 'ESRCH' }, `beanstalkd (pid ${beanstalkdPid}) was left running`);
+      for (const part of ['worker', 'postoffice', 'beanstalkd']) assert.match(output, new RegExp(`"event":"stopped","component":"${part}"`));
+      await assert.rejects(
+        new Promise<void>((done, fail) => connect(beanstalkPort, '127.0.0.1').once('connect', done).once('error', fail)),
+        { code: 'ECONNREFUSED' },
+      );
+    } finally {
+      taken.close();
+      // Without the fix beanstalkd outlives local mode (holding our stdout pipe): stop it here.
+      if (beanstalkdPid !== undefined) {
+        try {
+          process.kill(beanstalkdPid, 'SIGKILL');
+        } catch {
+          // gone already, as it should be
+        }
+      }
+    }
   });
 });
