@@ -10,9 +10,9 @@
  * `error` values (snake_case, part of its API, listed with its answers in the README).
  */
 export const ERROR_CODES = {
-  // Start-up (shared/lifecycle.ts logs them as startup_failed and exits 2).
-  CONFIG_INVALID: 'a configuration value is wrong; the message names the file (or environment variable) and the key',
-  STARTUP_FAILED: 'start-up refused: a file that cannot be read, a port that is taken, an address that cannot be bound',
+  // Start-up (shared/lifecycle.ts logs them as startup_failed; exit 2 for CONFIG_INVALID, 1 for anything else).
+  CONFIG_INVALID: 'a configuration value is wrong or a file it names cannot be read; the message names the file (or environment variable) and every bad key; exit code 2, never retried',
+  STARTUP_FAILED: 'start-up failed for a reason a retry can cure: a port that is taken or not allowed, an address that is not up yet; exit code 1',
   BAD_HOSTPORT: 'a value is not host[:port]',
   BAD_CIDR: 'a value is not a CIDR network',
 

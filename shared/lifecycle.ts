@@ -1,5 +1,5 @@
 import { ConfigError, type ConfigWarning } from './config.ts';
-import { errorCode, errorMessage, HedwigError } from './errors.ts';
+import { errorCode, errorMessage, HedwigError, type ErrorCode } from './errors.ts';
 import type { Logger } from './logger.ts';
 
 export interface Stoppable {
@@ -52,7 +52,7 @@ export const EXIT_TRANSIENT = 1;
 export const EXIT_CONFIG = 2;
 
 /** Error codes that mean "the configuration is wrong"; every other start-up failure is transient. */
-const CONFIGURATION_CODES: ReadonlySet<string> = new Set(['CONFIG_INVALID']);
+const CONFIGURATION_CODES: ReadonlySet<string> = new Set<ErrorCode>(['CONFIG_INVALID']);
 
 export function startupExitCode(err: unknown): typeof EXIT_TRANSIENT | typeof EXIT_CONFIG {
   const code = errorCode(err);

@@ -144,7 +144,7 @@ describe('post office server lifecycle', { timeout: 60_000 }, () => {
 
   it('refuses to start when a TLS file is missing, naming it', async () => {
     const config = postofficeConfigSchema.parse({ listen: { port: await freePort() }, clients, tls: { cert: '/nonexistent/cert.pem', key: '/nonexistent/key.pem' } });
-    await assert.rejects(startPostoffice(config, { logger: silentLogger(), registry: new Registry() }), { code: 'STARTUP_FAILED', message: /tls\.cert \/nonexistent\/cert\.pem: ENOENT/ });
+    await assert.rejects(startPostoffice(config, { logger: silentLogger(), registry: new Registry() }), { code: 'CONFIG_INVALID', message: /tls\.cert \/nonexistent\/cert\.pem: ENOENT/ });
   });
 });
 
