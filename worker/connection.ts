@@ -35,8 +35,8 @@ export type Connection =
     };
 
 export interface Connector {
-  /** `reuse: false` after a kept connection turned out closed: open a new one. */
-  connect(target: ConnectionTarget, options: { reuse: boolean }): Promise<Connection>;
+  /** `reuse: false` after a kept connection turned out closed: open a new one. Aborting `signal` closes the session being set up. */
+  connect(target: ConnectionTarget, options: { reuse: boolean; signal?: AbortSignal }): Promise<Connection>;
 }
 
 export interface ConnectorOptions {
@@ -45,8 +45,6 @@ export interface ConnectorOptions {
   limiter?: Limiter;
   timeouts: SessionTimeouts;
   logger: Logger;
-  /** Aborting closes the session being set up (shutdown). */
-  signal?: AbortSignal;
   /** Every TCP connection attempt (metrics). */
   onConnection?: () => void;
   /** Default: a new SmtpSession (unit tests pass a fake). */
@@ -61,11 +59,11 @@ function poolKey(target: ConnectionTarget, tls: TlsDecision): string {
 }
 
 export function createConnector(options: ConnectorOptions): Connector {
-  const { pool, tlsPolicy, limiter, signal } = options;
+  const { pool, tlsPolicy, limiter } = options;
   const openSession = options.openSession ?? ((sessionOptions: SessionOptions) => new SmtpSession(sessionOptions));
 
   return {
-    async connect(target, { reuse }) {
+    async connect(target, { reuse, signal }) {
       const { host, address, source, bucket } = target;
       const tlsTarget: TlsTarget = { domain: target.domain, mxName: host.name, address, port: host.port, ...(host.origin ? { origin: host.origin } : {}) };
       let decision = await tlsPolicy.decide(tlsTarget);

@@ -13,10 +13,12 @@ import { runTransaction, type TransactionMessage } from './transaction.ts';
 /**
  * Delivery to one destination domain, with all of its recipients in one transaction: the
  * steps after the route (route.ts) in order. The message is prepared once (header edits,
- * DKIM; outgoing.ts); then for each MX address in turn: a source address (source-ip.ts),
- * a ready connection (connection.ts: pool, limits, TLS policy), a message slot, the
- * transaction (transaction.ts). The next address is tried when one could not be reached
- * or refused the session; once a transaction ran, its replies are the verdicts.
+ * DKIM; outgoing.ts); a delivery slot keeps one destination to its share of this worker
+ * (limits.ts); then for each MX address in turn: a source address (source-ip.ts), a ready
+ * connection (connection.ts: pool, limits, TLS policy), a message slot, the transaction
+ * (transaction.ts). The next address is tried when one could not be reached or refused the
+ * session; once a transaction ran, its replies are the verdicts. Each command has its
+ * deadline (smtp-session.ts) and the whole delivery `timeouts.deliveryMs`.
  */
 
 export interface DeliveryRequest {
@@ -39,7 +41,8 @@ export interface DeliveryRequest {
 export interface DelivererOptions {
   /** EHLO name when no source address pool is configured. */
   ehloName: string;
-  timeouts: SessionTimeouts;
+  /** The session's timeouts and deadlines; `deliveryMs` bounds one delivery in all (unset: no bound). */
+  timeouts: SessionTimeouts & { deliveryMs?: number };
   logger: Logger;
   /** Called for every TCP connection attempt (metrics). */
   onConnection?: () => void;
@@ -79,6 +82,8 @@ type AtAddress = { results: RecipientResult[]; backOff?: Verdict } | { results?:
 
 interface Delivery {
   request: DeliveryRequest;
+  /** Aborted on shutdown, or when the delivery has taken `deliveryMs`. */
+  signal: AbortSignal | undefined;
   message: TransactionMessage;
   bucket: LimitBucket;
   /** `domain/selector` of the DKIM signature, for the log. */
@@ -99,7 +104,6 @@ export function createDeliverer(options: DelivererOptions): Deliverer {
     ...(limiter ? { limiter } : {}),
     timeouts: options.timeouts,
     logger: options.logger,
-    ...(options.signal ? { signal: options.signal } : {}),
     ...(options.onConnection ? { onConnection: options.onConnection } : {}),
   });
   options.signal?.addEventListener('abort', () => pool.closeIdle(), { once: true });
@@ -109,20 +113,20 @@ export function createDeliverer(options: DelivererOptions): Deliverer {
     const { host, address, source } = target;
     let reuse = true;
     for (;;) {
-      const connection = await connector.connect(target, { reuse });
+      const connection = await connector.connect(target, { reuse, ...(delivery.signal ? { signal: delivery.signal } : {}) });
       if (!connection.ok) return { verdict: connection.verdict, stop: connection.refused, ...(connection.backOff ? { backOff: connection.backOff } : {}) };
       const { pooled, reused } = connection;
-      const slot = limiter ? await limiter.messageSlot(delivery.bucket, options.signal) : ({ ok: true } as const);
+      const slot = limiter ? await limiter.messageSlot(delivery.bucket, delivery.signal) : ({ ok: true } as const);
       if (!slot.ok) {
         pool.give(pooled);
         return { verdict: slot.verdict, stop: true };
       }
       const { session } = pooled;
-      const stopClosing = session.closeOnAbort(options.signal);
+      const stopClosing = session.closeOnAbort(delivery.signal);
       let outcome;
       try {
         options.onTransaction?.({ tls: session.secure, dkimSigned: delivery.signedBy !== undefined, reused });
-        outcome = await runTransaction(pooled, pool, delivery.message, { mx: host.name, resetTimeoutMs: options.timeouts.greetingMs });
+        outcome = await runTransaction(pooled, pool, delivery.message, { mx: host.name, resetTimeoutMs: options.timeouts.rsetMs ?? options.timeouts.greetingMs });
       } finally {
         stopClosing();
       }
@@ -178,41 +182,15 @@ export function createDeliverer(options: DelivererOptions): Deliverer {
         log.error({ event: 'prepare_failed', code: prepared.code, reason: prepared.message }, 'message not sent');
         return forRecipients(request.recipients, ownVerdict('deferred', prepared.message, { code: 451, enhanced: '4.3.0' }));
       }
-      const delivery: Delivery = {
-        request,
-        message: { from: request.from, recipients: request.recipients, raw: prepared.raw },
-        bucket: limiter?.bucketFor(request.domain, request.hosts.map((h) => h.name)) ?? { key: request.domain, limit: {} },
-        signedBy: prepared.signedBy ? prepared.signedBy.map((s) => `${s.domain}/${s.selector}`).join(',') : undefined,
-        log,
-      };
-      const senderDomain = signingDomainOf(request.from, outgoing);
-      const candidates = request.hosts.flatMap((host) => host.addresses.map((address) => ({ host, address }))).slice(0, maxAddresses);
-
-      let last: { verdict: Verdict; mx: string } | undefined;
-      let backOff: Verdict | undefined;
-      let results: RecipientResult[] | undefined;
-      for (const { host, address } of candidates) {
-        if (options.signal?.aborted) break;
-        const source = sources.pick(senderDomain, address);
-        if (!source) {
-          last = { verdict: ownVerdict('deferred', `no source address of the family of ${address} in the pool`), mx: host.name };
-          continue;
-        }
-        const ended = await atAddress(delivery, { domain: request.domain, host, address, source, bucket: delivery.bucket });
-        backOff = ended.backOff ?? backOff;
-        if (ended.results) {
-          results = ended.results;
-          break;
-        }
-        last = { verdict: ended.verdict, mx: host.name };
-        if (ended.stop) break;
+      const bucket = limiter?.bucketFor(request.domain, request.hosts.map((h) => h.name)) ?? { key: request.domain, limit: {} };
+      // A slow destination holds at most its share of this worker's deliveries (limits.ts).
+      const admitted = limiter ? await limiter.deliverySlot(bucket, options.signal) : undefined;
+      if (admitted && !admitted.ok) return forRecipients(request.recipients, admitted.verdict);
+      try {
+        return await deliverWithin(request, prepared, bucket);
+      } finally {
+        admitted?.release();
       }
-
-      // A destination that asked us to slow down, and took nothing from us this time, gets a pause.
-      if (backOff !== undefined && limiter && !results?.some((r) => r.outcome === 'delivered')) limiter.backOff(delivery.bucket, backOff);
-      if (results) return results;
-      const verdict = options.signal?.aborted ? SHUTDOWN_VERDICT : (last?.verdict ?? NO_ADDRESS);
-      return forRecipients(request.recipients, verdict, last?.mx);
     },
 
     async close() {
@@ -220,4 +198,50 @@ export function createDeliverer(options: DelivererOptions): Deliverer {
       await limiter?.close();
     },
   };
+
+  /** The delivery itself, under its overall bound: each MX address in turn until one gives verdicts. */
+  async function deliverWithin(request: DeliveryRequest, prepared: { raw: Buffer; signedBy?: Array<{ domain: string; selector: string }> }, bucket: LimitBucket): Promise<RecipientResult[]> {
+    const deliveryMs = options.timeouts.deliveryMs;
+    const overdue = deliveryMs !== undefined ? AbortSignal.timeout(deliveryMs) : undefined;
+    const signal = overdue && options.signal ? AbortSignal.any([options.signal, overdue]) : (overdue ?? options.signal);
+    const cutOff = () => ownVerdict('deferred', `hedwig: delivery to ${request.domain} took longer than ${deliveryMs} ms (timeouts.deliveryMs); cut off`, { code: 451, enhanced: '4.4.2' });
+    const delivery: Delivery = {
+      request,
+      signal,
+      message: { from: request.from, recipients: request.recipients, raw: prepared.raw },
+      bucket,
+      signedBy: prepared.signedBy ? prepared.signedBy.map((s) => `${s.domain}/${s.selector}`).join(',') : undefined,
+      log: options.logger.child({ messageId: request.messageId, domain: request.domain }),
+    };
+    const senderDomain = signingDomainOf(request.from, outgoing);
+    const candidates = request.hosts.flatMap((host) => host.addresses.map((address) => ({ host, address }))).slice(0, maxAddresses);
+
+    let last: { verdict: Verdict; mx: string } | undefined;
+    let backOff: Verdict | undefined;
+    let results: RecipientResult[] | undefined;
+    for (const { host, address } of candidates) {
+      if (signal?.aborted) break;
+      const source = sources.pick(senderDomain, address);
+      if (!source) {
+        last = { verdict: ownVerdict('deferred', `no source address of the family of ${address} in the pool`), mx: host.name };
+        continue;
+      }
+      const ended = await atAddress(delivery, { domain: request.domain, host, address, source, bucket });
+      backOff = ended.backOff ?? backOff;
+      if (ended.results) {
+        results = ended.results;
+        break;
+      }
+      last = { verdict: ended.verdict, mx: host.name };
+      if (ended.stop) break;
+    }
+
+    // A destination that asked us to slow down, and took nothing from us this time, gets a pause.
+    if (backOff !== undefined && limiter && !results?.some((r) => r.outcome === 'delivered')) limiter.backOff(bucket, backOff);
+    // Cut off by the bound: a recipient left without a reply says why, not "connection closed".
+    if (results && overdue?.aborted) return results.map((r) => (r.outcome === 'deferred' && r.responseCode === undefined ? { ...r, ...cutOff() } : r));
+    if (results) return results;
+    const verdict = options.signal?.aborted ? SHUTDOWN_VERDICT : overdue?.aborted ? cutOff() : (last?.verdict ?? NO_ADDRESS);
+    return forRecipients(request.recipients, verdict, last?.mx);
+  }
 }

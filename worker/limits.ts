@@ -41,6 +41,11 @@ export const limitsSchema = z
       )
       .default({}),
     windowSeconds: z.number().int().min(1).max(3600).default(60),
+    /**
+     * The share of this worker's concurrency one destination may hold at a time (issue 12:
+     * slow destinations must not take every reserve loop); at least one delivery.
+     */
+    workerShare: z.number().gt(0).max(1).default(0.5),
     maxWaitMs: z.number().int().nonnegative().default(10_000),
     backoffSeconds: z.number().int().nonnegative().default(60),
   })
@@ -67,12 +72,18 @@ export interface LimitSettings {
   windowSeconds: number;
   maxWaitMs: number;
   backoffSeconds: number;
+  /** Deliveries to one bucket in flight in this worker at most; unset: no cap. */
+  maxInFlight?: number;
 }
 
-/** The limits section with its default server: the first beanstalkd the worker uses. */
-export function limitSettingsFrom(config: LimitsConfig, beanstalkServers: readonly HostPort[]): LimitSettings {
-  const { server, ...rest } = config;
-  return { ...rest, server: server ?? beanstalkServers[0] };
+/** The limits section with its default server (the first beanstalkd the worker uses) and its in-flight cap. */
+export function limitSettingsFrom(config: LimitsConfig, beanstalkServers: readonly HostPort[], concurrency?: number): LimitSettings {
+  const { server, workerShare, ...rest } = config;
+  return {
+    ...rest,
+    server: server ?? beanstalkServers[0],
+    ...(concurrency !== undefined ? { maxInFlight: Math.max(1, Math.ceil(concurrency * workerShare)) } : {}),
+  };
 }
 
 /** Where a delivery counts against limits: a recipient domain, or a group of domains. */
@@ -86,6 +97,12 @@ export type Admission = { ok: true; release: () => void } | { ok: false; verdict
 
 export interface Limiter {
   bucketFor(domain: string, mxNames: string[]): LimitBucket;
+  /**
+   * Before a delivery to the bucket starts, in this worker only: at most `maxInFlight` at a
+   * time, so one slow destination (a tarpit) holds only a share of the reserve loops; the
+   * others keep delivering to everyone else. `release` when the delivery ends.
+   */
+  deliverySlot(bucket: LimitBucket, signal?: AbortSignal): Promise<Admission>;
   /** Before opening a connection; `release` when it closes. `onContention` is told when the limit is full (to close own idle connections). */
   connectionSlot(bucket: LimitBucket, signal?: AbortSignal, onContention?: () => void): Promise<Admission>;
   /** Before each transaction. */
@@ -130,6 +147,8 @@ export function createLimiter(settings: LimitSettings, options: { logger: Logger
   const backoffUntil = new Map<string, { until: number; reply: Verdict }>();
   const store = options.store ?? (settings.server ? createLimitStore(settings.server, options.random ? { random: options.random } : {}) : undefined);
   let lastWarnedAt = 0;
+  /** bucket key -> deliveries in flight in this worker, and who waits for one to end. */
+  const inFlight = new Map<string, { count: number; waiting: Array<() => void> }>();
 
   function warnUnavailable(err: unknown): void {
     if (now() - lastWarnedAt < 60_000) return;
@@ -176,8 +195,57 @@ export function createLimiter(settings: LimitSettings, options: { logger: Logger
     }
   }
 
+  function releaseDelivery(key: string): void {
+    const entry = inFlight.get(key);
+    if (!entry) return;
+    const next = entry.waiting.shift();
+    if (next) return next(); // the slot passes straight on
+    entry.count--;
+    if (entry.count === 0) inFlight.delete(key);
+  }
+
+  /** A local semaphore per bucket: waiters queue in order (no polling), bounded by maxWaitMs and shutdown. */
+  async function deliverySlot(bucket: LimitBucket, signal: AbortSignal | undefined): Promise<Admission> {
+    const max = settings.maxInFlight;
+    if (max === undefined) return { ok: true, release: () => {} };
+    const entry = inFlight.get(bucket.key) ?? { count: 0, waiting: [] };
+    inFlight.set(bucket.key, entry);
+    let released = false;
+    const release = () => {
+      if (released) return;
+      released = true;
+      releaseDelivery(bucket.key);
+    };
+    if (entry.count < max) {
+      entry.count++;
+      return { ok: true, release };
+    }
+    const admitted = await new Promise<boolean>((resolve) => {
+      const done = (ok: boolean) => {
+        clearTimeout(timer);
+        signal?.removeEventListener('abort', onAbort);
+        resolve(ok);
+      };
+      const turn = () => done(true);
+      const giveUp = () => {
+        const index = entry.waiting.indexOf(turn);
+        if (index >= 0) entry.waiting.splice(index, 1);
+        done(false);
+      };
+      const onAbort = () => giveUp();
+      const timer = setTimeout(giveUp, settings.maxWaitMs);
+      signal?.addEventListener('abort', onAbort, { once: true });
+      entry.waiting.push(turn);
+    });
+    if (admitted) return { ok: true, release };
+    if (signal?.aborted) return refusal(`delivery interrupted while waiting for a delivery slot for ${bucket.key}`);
+    return refusal(`hedwig: ${max} deliveries to ${bucket.key} already in flight in this worker (its share of the worker's concurrency); not within ${settings.maxWaitMs} ms`);
+  }
+
   return {
     bucketFor: (domain, mxNames) => bucketFor(settings, domain, mxNames),
+
+    deliverySlot,
 
     async connectionSlot(bucket, signal, onContention) {
       const max = bucket.limit.maxConnections;

@@ -80,7 +80,7 @@ export async function startWorker(config: WorkerConfig, options: { logger: Logge
       tlsPolicy: transportSecurity.tlsPolicy,
       source: config.source,
       connections: config.connections,
-      limiter: createLimiter(limitSettingsFrom(config.limits, servers), { logger }),
+      limiter: createLimiter(limitSettingsFrom(config.limits, servers, Math.max(config.concurrency, servers.length)), { logger }),
     }),
     metrics,
     logger,

@@ -15,17 +15,51 @@ import { z } from 'zod';
  * exactly these.
  */
 
-/** `timeouts`: how long a session may wait for the receiving server. */
+/**
+ * How long a command may wait for its complete reply: deadlines, not idle timers, so a
+ * server that answers one byte at a time (a tarpit) cannot hold a session beyond them.
+ * The defaults are RFC 5321 §4.5.3.2's (MAIL, RCPT 5 min, DATA initiation 2 min, DATA
+ * termination 10 min) and Postfix's smtp_*_timeout for the others (helo, starttls, quit
+ * 300 s, rset 20 s).
+ */
+export const COMMAND_DEADLINES = {
+  heloMs: 300_000,
+  starttlsMs: 300_000,
+  mailMs: 300_000,
+  rcptMs: 300_000,
+  dataInitMs: 120_000,
+  /** From the 354 to the reply after the final dot: writing the message and the server's verdict. */
+  dataDoneMs: 600_000,
+  rsetMs: 20_000,
+  quitMs: 300_000,
+} as const;
+export type CommandDeadlines = { [K in keyof typeof COMMAND_DEADLINES]: number };
+
+const deadline = (ms: number) => z.number().int().positive().default(ms);
+
+/** `timeouts`: how long a session may wait for the receiving server, and a delivery in all. */
 export const timeoutsSchema = z
   .object({
     connectMs: z.number().int().positive().default(30_000),
     greetingMs: z.number().int().positive().default(30_000),
     /** Idle time on the socket (nothing received) before the session is given up. */
     socketMs: z.number().int().positive().default(300_000),
+    heloMs: deadline(COMMAND_DEADLINES.heloMs),
+    starttlsMs: deadline(COMMAND_DEADLINES.starttlsMs),
+    mailMs: deadline(COMMAND_DEADLINES.mailMs),
+    rcptMs: deadline(COMMAND_DEADLINES.rcptMs),
+    dataInitMs: deadline(COMMAND_DEADLINES.dataInitMs),
+    dataDoneMs: deadline(COMMAND_DEADLINES.dataDoneMs),
+    rsetMs: deadline(COMMAND_DEADLINES.rsetMs),
+    quitMs: deadline(COMMAND_DEADLINES.quitMs),
+    /** One delivery to one domain in all: every MX address, connection and transaction (deliver.ts). */
+    deliveryMs: deadline(900_000),
   })
   .strict()
   .prefault({});
-export type SessionTimeouts = z.infer<typeof timeoutsSchema>;
+
+/** What a session needs; the command deadlines default to COMMAND_DEADLINES. */
+export type SessionTimeouts = { connectMs: number; greetingMs: number; socketMs: number } & Partial<CommandDeadlines>;
 
 export interface SmtpFailure {
   message: string;
@@ -88,6 +122,48 @@ interface ConnectionInternals {
       }
     | false;
   _destroyed?: unknown;
+  _maxAllowedSize?: unknown;
+  // Hooked to see each command go out and each complete reply come in (see #watchCommands).
+  _sendCommand: (str: string, logStr?: string) => void;
+  _processResponse: () => unknown;
+  _responseQueue: string[];
+  _onError: (err: Error, type: string, data: unknown, command: string) => void;
+}
+
+/** The command a line sends, as nodemailer's errors name it. */
+function commandOf(line: string): string {
+  const verb = line.slice(0, 4).toUpperCase();
+  if (verb === 'MAIL') return 'MAIL FROM';
+  if (verb === 'RCPT') return 'RCPT TO';
+  return line.split(' ', 1)[0]!.toUpperCase();
+}
+
+function deadlineOf(command: string, deadlines: CommandDeadlines): number {
+  switch (command) {
+    case 'MAIL FROM':
+      return deadlines.mailMs;
+    case 'RCPT TO':
+      return deadlines.rcptMs;
+    case 'DATA':
+      return deadlines.dataInitMs;
+    case 'end of data':
+    case '.':
+      return deadlines.dataDoneMs;
+    case 'STARTTLS':
+      return deadlines.starttlsMs;
+    case 'RSET':
+      return deadlines.rsetMs;
+    case 'QUIT':
+      return deadlines.quitMs;
+    default:
+      return deadlines.heloMs;
+  }
+}
+
+/** A reply nodemailer is about to consume: non-blank and not a continuation line (its isPartialResponse). */
+function isCompleteReply(raw: string | undefined): raw is string {
+  if (raw === undefined || raw.trim() === '') return false;
+  return !/^\d+-/.test(raw.slice(raw.lastIndexOf('\n') + 1));
 }
 
 function failureOf(err: unknown): SmtpFailure {
@@ -97,6 +173,11 @@ function failureOf(err: unknown): SmtpFailure {
 
 export class SmtpSession {
   readonly #connection: SMTPConnection;
+  readonly #deadlines: CommandDeadlines;
+  /** Commands sent whose reply has not come yet, in order (replies come in order). */
+  readonly #awaiting: Array<{ command: string; ms: number }> = [];
+  #deadline: NodeJS.Timeout | undefined;
+  #replies = 0;
 
   constructor(options: SessionOptions) {
     this.#connection = new SMTPConnection({
@@ -113,6 +194,67 @@ export class SmtpSession {
     });
     // Errors also reach the pending connect/send callbacks; this keeps an emitted 'error' from crashing the process.
     this.#connection.on('error', () => {});
+    this.#deadlines = { ...COMMAND_DEADLINES, ...Object.fromEntries(Object.entries(options.timeouts).filter(([key]) => key in COMMAND_DEADLINES)) };
+    this.#watchCommands();
+  }
+
+  /**
+   * nodemailer has an idle timer (socketMs) and phase timers up to the greeting and the TLS
+   * upgrade, but nothing that bounds one command: a server that trickles a reply byte by
+   * byte keeps the session for ever. Its two private funnels, one for every command line
+   * written and one for every complete reply read, are hooked here to give each command its
+   * deadline (and to count replies, see repliesReceived). An expired deadline fails the
+   * session through nodemailer's own error path, like its timers do.
+   */
+  #watchCommands(): void {
+    const connection = this.#internals;
+    const sendCommand = connection._sendCommand;
+    const processResponse = connection._processResponse;
+    if (typeof sendCommand !== 'function' || typeof processResponse !== 'function') return;
+    connection._sendCommand = (str: string, logStr?: string) => {
+      this.#awaiting.push({ command: commandOf(str), ms: deadlineOf(commandOf(str), this.#deadlines) });
+      if (this.#awaiting.length === 1) this.#arm();
+      return sendCommand.call(connection, str, logStr);
+    };
+    connection._processResponse = () => {
+      const head = connection._responseQueue?.[0];
+      if (isCompleteReply(head)) {
+        this.#replies++;
+        const answered = this.#awaiting.shift();
+        // After its 354 the data goes out; the reply to the final dot has a deadline of its own.
+        if (answered?.command === 'DATA' && head.startsWith('3')) this.#awaiting.unshift({ command: 'end of data', ms: this.#deadlines.dataDoneMs });
+        this.#arm();
+      }
+      return processResponse.call(connection);
+    };
+    this.#connection.once('end', () => {
+      clearTimeout(this.#deadline);
+      this.#awaiting.length = 0;
+    });
+  }
+
+  #arm(): void {
+    clearTimeout(this.#deadline);
+    this.#deadline = undefined;
+    const head = this.#awaiting[0];
+    if (!head) return;
+    this.#deadline = setTimeout(() => {
+      const err = Object.assign(new Error(`no complete reply to ${head.command} within ${head.ms} ms`), { timeoutType: 'COMMAND_DEADLINE' });
+      this.#internals._onError(err, 'ETIMEDOUT', false, head.command === 'end of data' ? 'DATA' : head.command);
+    }, head.ms);
+    // The socket keeps the process alive while the session is open; this timer need not.
+    this.#deadline.unref();
+  }
+
+  /** Complete replies read so far on this session: a transaction that saw none of its own was not answered at all. */
+  get repliesReceived(): number {
+    return this.#replies;
+  }
+
+  /** The SIZE the server announced in EHLO (RFC 1870), or undefined when it announced none. */
+  get maxMessageSize(): number | undefined {
+    const size = this.#internals._maxAllowedSize;
+    return typeof size === 'number' && size > 0 ? size : undefined;
   }
 
   get #internals(): ConnectionInternals {
@@ -210,9 +352,14 @@ export class SmtpSession {
   send(envelope: Envelope, raw: Buffer): Promise<Sent> {
     const connection = this.#connection;
     return new Promise<Sent>((resolve, reject) => {
-      const onEnd = () => reject(Object.assign(new Error('Connection closed during the transaction'), { code: 'ECONNECTION', command: 'CONN' }));
+      // nodemailer emits the error (a deadline, a socket error) and then closes: the error says more than the close.
+      let failure: unknown;
+      const onError = (err: unknown) => (failure ??= err);
+      const onEnd = () => reject(failure ? failureOf(failure) : Object.assign(new Error('Connection closed during the transaction'), { code: 'ECONNECTION', command: 'CONN' }));
+      connection.on('error', onError);
       connection.once('end', onEnd);
       connection.send({ from: envelope.from, to: envelope.to, size: envelope.size, use8BitMime: true }, raw, (err, info) => {
+        connection.off('error', onError);
         connection.off('end', onEnd);
         if (err) reject(failureOf(err));
         else resolve({ accepted: info.accepted.map(String), rejectedErrors: (info.rejectedErrors ?? []).map(failureOf), response: info.response });

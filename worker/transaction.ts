@@ -20,9 +20,12 @@ export interface TransactionMessage {
 }
 
 /**
- * `lost`: a kept connection turned out to be closed by the server before it answered
- * anything of this transaction: nothing was delivered, so the message may go at once over
- * a new connection.
+ * `lost`: a kept connection turned out to be closed by the server before it answered any
+ * command of this transaction (the stale idle connection): nothing can have been
+ * delivered, so the message may go at once over a new connection. A connection lost later
+ * (after MAIL FROM was answered, or after the final dot with no reply) is a deferral with
+ * the usual retry: the server may hold the message already, and sending it again at once
+ * would be a duplicate (issue 18).
  */
 export type TransactionOutcome = { kind: 'results'; results: RecipientResult[] } | { kind: 'lost' };
 
@@ -61,6 +64,7 @@ export async function runTransaction(
   }
   const reused = pooled.messages > 0;
   pooled.messages++;
+  const repliesBefore = session.repliesReceived;
   try {
     const sent = await session.send({ from: message.from, to: recipients, size: message.raw.length }, message.raw);
     const accepted = new Set(sent.accepted);
@@ -76,7 +80,7 @@ export async function runTransaction(
     pool.give(pooled);
   } catch (caught) {
     const err = caught as SmtpFailure & { rejectedErrors?: unknown };
-    if (reused && lostConnection(err)) {
+    if (reused && lostConnection(err) && session.repliesReceived === repliesBefore) {
       pool.discard(pooled, 'close');
       return { kind: 'lost' };
     }

@@ -26,12 +26,16 @@ export interface SmtpSinkScript {
   /** Refuse connections with this greeting (e.g. 421) instead of 220. */
   greeting?: SmtpReply;
   mailFrom?: SmtpReply;
+  /** Drop the connection at MAIL FROM without replying (a server that had closed an idle session). */
+  dropAtMailFrom?: boolean | Scripted;
   /** Per recipient (lower-cased address) reply to RCPT TO. */
   recipients?: Record<string, SmtpReply>;
   /** Reply to the end of DATA (e.g. 552, 554, 451). */
   data?: SmtpReply;
   /** Close the socket as soon as message data arrives, without replying. */
   dropDuringData?: boolean | Scripted;
+  /** Take the whole message (it is recorded) and drop the connection instead of replying. */
+  dropAfterData?: boolean | Scripted;
   /** Take the whole message but never reply to it (a hung server); see `stalled`. */
   stallAfterData?: boolean | Scripted;
   /** Wait this long before answering the end of DATA (keeps sessions open, to see them overlap). */
@@ -141,7 +145,8 @@ export async function startSmtpSink(options: SmtpSinkOptions = {}): Promise<Smtp
       const greeting = active(sink.script.greeting);
       callback(greeting ? replyError(greeting) : null);
     },
-    onMailFrom(_address, _session, callback) {
+    onMailFrom(_address, session, callback) {
+      if (applies(sink.script.dropAtMailFrom)) return dropConnection(session);
       const reply = active(sink.script.mailFrom);
       callback(reply ? replyError(reply) : null);
     },
@@ -153,6 +158,7 @@ export async function startSmtpSink(options: SmtpSinkOptions = {}): Promise<Smtp
       const chunks: Buffer[] = [];
       const drop = applies(sink.script.dropDuringData);
       const stall = !drop && applies(sink.script.stallAfterData);
+      const dropAfter = !drop && !stall && applies(sink.script.dropAfterData);
       stream.on('data', (chunk: Buffer) => {
         if (drop) {
           dropConnection(session);
@@ -170,7 +176,7 @@ export async function startSmtpSink(options: SmtpSinkOptions = {}): Promise<Smtp
         if (reply) return callback(replyError(reply));
         if (stream.sizeExceeded) return callback(Object.assign(new Error('message too big'), { responseCode: 552 }));
         const mailFrom = session.envelope.mailFrom;
-        messages.push({
+        const record = () => messages.push({
           mailFrom: mailFrom ? mailFrom.address : '',
           rcptTo: session.envelope.rcptTo.map((r) => r.address),
           raw: Buffer.concat(chunks),
@@ -180,6 +186,8 @@ export async function startSmtpSink(options: SmtpSinkOptions = {}): Promise<Smtp
           secure: session.secure,
           receivedAt: new Date(),
         });
+        record();
+        if (dropAfter) return dropConnection(session); // the message is here; the client never learns it
         const delayMs = sink.script.dataDelayMs ?? 0;
         if (delayMs > 0) setTimeout(() => callback(null, 'OK queued'), delayMs);
         else callback(null, 'OK queued');

@@ -84,6 +84,34 @@ describe('connection reuse', { timeout: 60_000 }, () => {
     assert.equal(sink.connections - before, 1);
   });
 
+  it('a kept connection lost before anything of the transaction was answered: sent again at once over a new one', async () => {
+    const instance = deliverer({ connections: { maxMessagesPerConnection: 100, idleTimeoutMs: 60_000 } });
+    await send(instance, 1);
+    const connections = sink.connections;
+    sink.script = { dropAtMailFrom: { times: 1 } };
+    const before = sink.messages.length;
+    await send(instance, 1);
+    assert.equal(sink.messages.length - before, 1, 'delivered once, over a new connection');
+    assert.equal(sink.connections - connections, 1);
+  });
+
+  it('a kept connection lost after the final dot (no reply) is a deferral, never an immediate resend (issue 18)', async () => {
+    const instance = deliverer({ connections: { maxMessagesPerConnection: 100, idleTimeoutMs: 60_000 } });
+    await send(instance, 1);
+    sink.script = { dropAfterData: { times: 1 } };
+    const before = sink.messages.length;
+    const [result] = await instance.deliver({
+      messageId: 'after-dot',
+      domain: 'dest.test',
+      from: 'app@example.com',
+      recipients: ['rcpt@dest.test'],
+      raw: MESSAGE,
+      hosts: [{ name: 'mx.dest.test', preference: 0, addresses: ['127.0.0.1'], port: sink.port }],
+    });
+    assert.equal(result?.outcome, 'deferred', result?.response);
+    assert.equal(sink.messages.length - before, 1, 'the server got it once: the usual retry decides, not an at-once resend');
+  });
+
   it('without reuse every message has its own connection, closed after QUIT', async () => {
     const before = sink.connections;
     await send(deliverer({}), 3);

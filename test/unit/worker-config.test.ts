@@ -17,7 +17,21 @@ describe('worker config', () => {
     assert.deepEqual(config.routes, {});
     assert.equal(config.smtpPort, 25);
     assert.equal(config.allowPrivateAddresses, false, 'never deliver to private addresses unless told to');
-    assert.deepEqual(config.timeouts, { connectMs: 30_000, greetingMs: 30_000, socketMs: 300_000 });
+    assert.deepEqual(config.timeouts, {
+      connectMs: 30_000,
+      greetingMs: 30_000,
+      socketMs: 300_000,
+      // RFC 5321 §4.5.3.2 and Postfix's smtp_*_timeout.
+      heloMs: 300_000,
+      starttlsMs: 300_000,
+      mailMs: 300_000,
+      rcptMs: 300_000,
+      dataInitMs: 120_000,
+      dataDoneMs: 600_000,
+      rsetMs: 20_000,
+      quitMs: 300_000,
+      deliveryMs: 900_000,
+    });
     assert.deepEqual(config.retry, { delaysSeconds: [300, 1800, 3600, 7200, 14400], maxLifetimeSeconds: 432_000 }, 'RFC 5321: minutes, then 30 min or more, 5 days');
     assert.deepEqual(config.bounces, { enabled: true, delayWarningSeconds: 14_400 }, 'bounces on, from MAILER-DAEMON@<ehloName>, a warning after 4 h');
     assert.deepEqual(config.ops, { host: '127.0.0.1', port: 9103 });

@@ -77,3 +77,33 @@ describe('traffic shaping rules', () => {
     assert.deepEqual(issue({ limits: { domains: { 'x.example': { maxConnections: 0 } } } }).path, ['limits', 'domains', 'x.example', 'maxConnections']);
   });
 });
+
+describe('delivery slots: one destination holds at most its share of a worker', () => {
+  it('queues deliveries over the cap, passes the slot on in order, and defers one that waited too long', async () => {
+    const { createLimiter } = await import('../../worker/limits.ts');
+    const { pino } = await import('pino');
+    const limiter = createLimiter({ default: {}, domains: {}, groups: {}, windowSeconds: 60, maxWaitMs: 200, backoffSeconds: 0, maxInFlight: 1 }, { logger: pino({ level: 'silent' }) });
+    const slow = { key: 'slow.example', limit: {} };
+    const first = await limiter.deliverySlot(slow);
+    assert.ok(first.ok);
+    const other = await limiter.deliverySlot({ key: 'other.example', limit: {} });
+    assert.ok(other.ok, 'another destination is not held up');
+    const second = limiter.deliverySlot(slow);
+    first.release();
+    const passed = await second;
+    assert.ok(passed.ok, 'the slot passed on when the first delivery ended');
+    const third = await limiter.deliverySlot(slow);
+    assert.equal(third.ok, false);
+    if (!third.ok) assert.match(third.verdict.response, /^451 4\.4\.5 hedwig: 1 deliveries to slow\.example already in flight/);
+    passed.release();
+    assert.ok((await limiter.deliverySlot(slow)).ok);
+    await limiter.close();
+  });
+
+  it('the cap is the share of the concurrency, at least one', () => {
+    const config = workerConfigSchema.parse({});
+    assert.equal(config.limits.workerShare, 0.5);
+    assert.equal(limitSettingsFrom(config.limits, config.beanstalk.servers, 64).maxInFlight, 32);
+    assert.equal(limitSettingsFrom(config.limits, config.beanstalk.servers, 1).maxInFlight, 1);
+  });
+});
