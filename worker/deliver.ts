@@ -202,8 +202,49 @@ export function createDeliverer(options: DelivererOptions): Deliverer {
   /** The delivery itself, under its overall bound: each MX address in turn until one gives verdicts. */
   async function deliverWithin(request: DeliveryRequest, prepared: { raw: Buffer; signedBy?: Array<{ domain: string; selector: string }> }, bucket: LimitBucket): Promise<RecipientResult[]> {
     const deliveryMs = options.timeouts.deliveryMs;
-    const overdue = deliveryMs !== undefined ? AbortSignal.timeout(deliveryMs) : undefined;
-    const signal = overdue && options.signal ? AbortSignal.any([options.signal, overdue]) : (overdue ?? options.signal);
+    const bound = deliveryBound(deliveryMs);
+    try {
+      return await deliverUntil(request, prepared, bucket, bound);
+    } finally {
+      bound.end();
+    }
+  }
+
+  /**
+   * The signal of one delivery: shutdown, or `deliveryMs` passed. One controller and timer
+   * per delivery, dropped at its end (AbortSignal.any would tie a listener per delivery to
+   * the long-lived shutdown signal until the garbage collector runs).
+   */
+  function deliveryBound(deliveryMs: number | undefined): { signal: AbortSignal | undefined; overdue: () => boolean; end: () => void } {
+    if (deliveryMs === undefined) return { signal: options.signal, overdue: () => false, end: () => {} };
+    const controller = new AbortController();
+    let overdue = false;
+    const timer = setTimeout(() => {
+      overdue = true;
+      controller.abort();
+    }, deliveryMs);
+    timer.unref();
+    const onShutdown = () => controller.abort();
+    if (options.signal?.aborted) controller.abort();
+    else options.signal?.addEventListener('abort', onShutdown, { once: true });
+    return {
+      signal: controller.signal,
+      overdue: () => overdue,
+      end: () => {
+        clearTimeout(timer);
+        options.signal?.removeEventListener('abort', onShutdown);
+      },
+    };
+  }
+
+  async function deliverUntil(
+    request: DeliveryRequest,
+    prepared: { raw: Buffer; signedBy?: Array<{ domain: string; selector: string }> },
+    bucket: LimitBucket,
+    bound: { signal: AbortSignal | undefined; overdue: () => boolean },
+  ): Promise<RecipientResult[]> {
+    const { signal } = bound;
+    const deliveryMs = options.timeouts.deliveryMs;
     const cutOff = () => ownVerdict('deferred', `hedwig: delivery to ${request.domain} took longer than ${deliveryMs} ms (timeouts.deliveryMs); cut off`, { code: 451, enhanced: '4.4.2' });
     const delivery: Delivery = {
       request,
@@ -239,9 +280,9 @@ export function createDeliverer(options: DelivererOptions): Deliverer {
     // A destination that asked us to slow down, and took nothing from us this time, gets a pause.
     if (backOff !== undefined && limiter && !results?.some((r) => r.outcome === 'delivered')) limiter.backOff(bucket, backOff);
     // Cut off by the bound: a recipient left without a reply says why, not "connection closed".
-    if (results && overdue?.aborted) return results.map((r) => (r.outcome === 'deferred' && r.responseCode === undefined ? { ...r, ...cutOff() } : r));
+    if (results && bound.overdue()) return results.map((r) => (r.outcome === 'deferred' && r.responseCode === undefined ? { ...r, ...cutOff() } : r));
     if (results) return results;
-    const verdict = options.signal?.aborted ? SHUTDOWN_VERDICT : overdue?.aborted ? cutOff() : (last?.verdict ?? NO_ADDRESS);
+    const verdict = options.signal?.aborted ? SHUTDOWN_VERDICT : bound.overdue() ? cutOff() : (last?.verdict ?? NO_ADDRESS);
     return forRecipients(request.recipients, verdict, last?.mx);
   }
 }
