@@ -8,13 +8,17 @@ import type { Logger } from '../shared/logger.ts';
 import { authenticateLegacyCredentials, authenticateSignedRequest, type AuthenticatedClient } from './auth.ts';
 import type { PostofficeConfig } from './config.ts';
 import { checkAuthorDomains, completeAddressFields } from './address-fields.ts';
-import { IdempotencyStore } from './idempotency.ts';
+import type { StoreHealth } from '../shared/store/health.ts';
+import type { QueuedRecord, Store, SuppressionEntry } from '../shared/store/store.ts';
+import { IdempotencyStore, type Accepted } from './idempotency.ts';
+import { QueuedRecords } from './queued-records.ts';
 import { parseJsonBody } from './json-body.ts';
 import { createPostofficeMetrics, type PostofficeMetrics } from './metrics.ts';
 import type { JobQueue, QueuedJob } from './queue.ts';
 import { errorBody, ok, rejection, type OrRejection, type Rejection } from './rejection.ts';
 import { ReplayGuard } from './replay-guard.ts';
 import { createSubmissionParser, senderAllowed, submissionFingerprint, type Submission } from './submission.ts';
+import { suppressedAmong } from './suppression.ts';
 
 export interface PostofficeDeps {
   logger: Logger;
@@ -24,13 +28,25 @@ export interface PostofficeDeps {
   https?: { cert: Buffer | string; key: Buffer | string };
   /** Clock in milliseconds, for tests of the signature window. */
   now?: () => number;
-  /** Told about every job put, after the put (the status table remembers where each message is). */
-  onQueued?: (job: OutboundJob, queued: QueuedJob) => void;
+  /** Told about every job put, after the put (the store's record of the message, postoffice/queued-records.ts). */
+  onQueued?: (record: QueuedRecord) => void;
+  /** The shared store: idempotency keys across post offices and restarts, the suppression list. */
+  store?: Store;
+  storeHealth?: StoreHealth;
+  /** This process, as its idempotency claims record it. */
+  owner?: string;
+  /** How long a claim may stay pending before another post office takes it over. */
+  claimStaleMs?: number;
+  /** Refused recipients: the `suppressed` log line is written here, the webhook event queued by this. */
+  onSuppressed?: (context: { messageId: string | null; fqdn: string; mailfrom: string }, suppressed: ReadonlyMap<string, SuppressionEntry>) => void;
 }
 
 type Route = 'v1' | 'legacy';
 
 export const MESSAGES_PATH = '/v1/messages';
+/** A claim pending longer than this was left by a post office that died or froze (longer than a put with failover takes). */
+export const DEFAULT_CLAIM_STALE_MS = 30_000;
+const STORE_DRAIN_MS = 5000;
 export const RETRY_AFTER_SECONDS = 5;
 const HEADROOM_BYTES = 64 * 1024;
 const IDEMPOTENCY_KEY = /^[\x21-\x7e]{1,200}$/;
@@ -69,6 +85,11 @@ function rejectionForFastifyError(err: FastifyError, maxMessageBytes: number): R
   }
 }
 
+/** `{id}`, and the recipients left out because they are suppressed when there are any. */
+function acceptedBody(accepted: Accepted): { id: string; suppressed?: string[] } {
+  return accepted.suppressed.length > 0 ? { id: accepted.id, suppressed: accepted.suppressed } : { id: accepted.id };
+}
+
 function formField(form: Record<string, unknown>, name: string): string | undefined {
   const value = form[name];
   return typeof value === 'string' ? value : undefined;
@@ -84,7 +105,36 @@ export function buildApp(config: PostofficeConfig, deps: PostofficeDeps): Fastif
   const metrics: PostofficeMetrics = createPostofficeMetrics(deps.registry);
   const parseSubmission = createSubmissionParser(config.limits);
   const replayGuard = new ReplayGuard();
-  const idempotency = new IdempotencyStore({ ttlSeconds: config.idempotencyTtlSeconds, maxEntries: config.idempotencyMaxEntries });
+  const idempotencyOwner = deps.owner ?? `postoffice-${process.pid}-${randomUUID()}`;
+  const idempotency = new IdempotencyStore({
+    ttlSeconds: config.idempotencyTtlSeconds,
+    maxEntries: config.idempotencyMaxEntries,
+    ...(deps.store ? { store: deps.store } : {}),
+    owner: idempotencyOwner,
+    staleMs: deps.claimStaleMs ?? DEFAULT_CLAIM_STALE_MS,
+    newMessageId,
+    onStoreError: (err) => deps.storeHealth?.failed('idempotency_claim', err),
+    suppressedOf: async (messageId) => (await deps.store?.getMessage(messageId))?.recipients.filter((r) => r.state === 'suppressed').map((r) => r.recipient) ?? [],
+  });
+  // The store's record of each queued message, written behind the request; keys whose record
+  // reached the store are answered from there and leave memory.
+  const records =
+    deps.store && deps.storeHealth
+      ? new QueuedRecords({
+          store: deps.store,
+          health: deps.storeHealth,
+          logger,
+          maxBuffered: config.storeBufferMaxEntries,
+          onWritten: (written) => {
+            for (const record of written) if (record.key) idempotency.forget(record.key.fqdn, record.key.key);
+          },
+          onDropped: (count) => metrics.storeRecordsDropped.inc(count),
+        })
+      : undefined;
+  const onQueued = (record: QueuedRecord) => {
+    records?.add(record);
+    deps.onQueued?.(record);
+  };
   const windowSeconds = config.signatureWindowSeconds;
 
   // The https variant of fastify has a different server type parameter; nothing here
@@ -107,22 +157,39 @@ export function buildApp(config: PostofficeConfig, deps: PostofficeDeps): Fastif
     return reply.code(r.status).send(errorBody(r));
   }
 
-  async function enqueue(route: Route, client: AuthenticatedClient, submission: Submission): Promise<OrRejection<string>> {
+  async function enqueue(
+    route: Route,
+    client: AuthenticatedClient,
+    submission: Submission,
+    identity: { messageId: string; receivedAt: number; takenOver: boolean; key?: { fqdn: string; key: string } },
+    suppressed: readonly string[],
+  ): Promise<OrRejection<Accepted>> {
+    const rcpttos = submission.rcpttos.filter((r) => !suppressed.includes(r));
     const job: OutboundJob = {
       v: 1,
-      id: newMessageId(),
+      id: identity.messageId,
       fqdn: client.fqdn,
       mailfrom: submission.mailfrom,
-      rcpttos: submission.rcpttos,
+      rcpttos,
       data: submission.data.toString('base64'),
-      receivedAt: now(),
+      receivedAt: identity.receivedAt,
       attempts: 0,
       // The worker signs within what this host may use (shared/job.ts).
       senderDomains: client.policy.senderDomains,
     };
     try {
       const queued = await queue.put(encodeJob(job));
-      deps.onQueued?.(job, queued);
+      onQueued({
+        id: job.id,
+        fqdn: job.fqdn,
+        mailfrom: job.mailfrom,
+        rcpttos,
+        receivedAt: job.receivedAt,
+        size: submission.data.length,
+        ref: { server: queued.server, jobId: queued.jobId },
+        ...(identity.key ? { key: identity.key } : {}),
+        ...(suppressed.length > 0 ? { suppressed } : {}),
+      });
       metrics.accepted.inc({ route });
       logger.info({
         event: 'queued',
@@ -135,16 +202,19 @@ export function buildApp(config: PostofficeConfig, deps: PostofficeDeps): Fastif
         size: submission.data.length,
         jobId: queued.jobId,
         server: queued.server,
+        ...(suppressed.length > 0 ? { suppressed } : {}),
+        // A claim taken over from a post office that died or froze mid-put: the worker delivers one copy.
+        ...(identity.takenOver ? { takenOver: true } : {}),
       });
-      return ok(job.id);
+      return ok({ id: job.id, suppressed: [...suppressed] });
     } catch (err) {
-      logger.error({ event: 'queue_failed', route, fqdn: client.fqdn, code: errorCode(err), error: errorMessage(err) });
+      logger.error({ event: 'queue_failed', route, fqdn: client.fqdn, messageId: job.id, code: errorCode(err), error: errorMessage(err) });
       return rejection(503, 'queue_unavailable', 'the queue is unavailable, retry later');
     }
   }
 
-  /** Validation, policy, idempotency and the put: shared by both routes. */
-  async function accept(route: Route, client: AuthenticatedClient, body: unknown, idempotencyKey: string | undefined): Promise<OrRejection<string>> {
+  /** Validation, policy, suppression, idempotency and the put: shared by both routes. */
+  async function accept(route: Route, client: AuthenticatedClient, body: unknown, idempotencyKey: string | undefined): Promise<OrRejection<Accepted>> {
     const parsed = parseSubmission(body);
     if (!parsed.ok) return parsed;
     const submission = parsed.value;
@@ -157,27 +227,58 @@ export function buildApp(config: PostofficeConfig, deps: PostofficeDeps): Fastif
       if (!authors.ok) return authors;
     }
     // The idempotency fingerprint stays that of the message as sent; the queue gets the completed one.
-    const queued = { ...submission, data: completed.data };
-    if (idempotencyKey === undefined) return enqueue(route, client, queued);
+    const toQueue = { ...submission, data: completed.data };
+    const found = await suppressedAmong(submission.rcpttos, { fqdn: client.fqdn, mailfrom: submission.mailfrom, now: now() }, { store: deps.store, config: config.suppression, health: deps.storeHealth });
+    const suppressed = submission.rcpttos.filter((r) => found.has(r));
+    if (suppressed.length > 0 && suppressed.length === submission.rcpttos.length) {
+      deps.onSuppressed?.({ messageId: null, fqdn: client.fqdn, mailfrom: submission.mailfrom }, found);
+      metrics.suppressed.inc(suppressed.length);
+      return {
+        ok: false,
+        rejection: { status: 422, code: 'recipients_suppressed', message: `every recipient is on the suppression list (${suppressed.join(', ')}); nothing was queued`, field: 'rcpttos', suppressed },
+      };
+    }
+    const tellSuppressed = (messageId: string) => {
+      if (found.size === 0) return;
+      metrics.suppressed.inc(suppressed.length);
+      deps.onSuppressed?.({ messageId, fqdn: client.fqdn, mailfrom: submission.mailfrom }, found);
+    };
+    if (idempotencyKey === undefined) {
+      const queued = await enqueue(route, client, toQueue, { messageId: newMessageId(), receivedAt: now(), takenOver: false }, suppressed);
+      if (queued.ok) tellSuppressed(queued.value.id);
+      return queued;
+    }
 
-    const claim = idempotency.claim(client.fqdn, idempotencyKey, submissionFingerprint(submission), now());
+    const claim = await idempotency.claim(client.fqdn, idempotencyKey, submissionFingerprint(submission), now());
     if (claim.status === 'mismatch') {
       return rejection(422, 'idempotency_key_reused', 'idempotency-key was already used for a different message', 'idempotency-key');
     }
+    if (claim.status === 'busy') {
+      return rejection(503, 'in_progress', 'another post office is queuing the message with this idempotency-key; retry later');
+    }
     if (claim.status === 'duplicate') {
       try {
-        const id = await claim.id;
+        const answer = await claim.answer;
         metrics.duplicates.inc({ route });
-        logger.info({ event: 'duplicate', route, messageId: id, fqdn: client.fqdn });
-        return ok(id);
+        logger.info({ event: 'duplicate', route, messageId: answer.id, fqdn: client.fqdn });
+        return ok(answer);
       } catch {
         return rejection(503, 'queue_unavailable', 'the queue is unavailable, retry later');
       }
     }
-    const put = await enqueue(route, client, queued);
-    if (put.ok) claim.complete(put.value);
-    else claim.abandon(put.rejection);
-    return put;
+    const key = { fqdn: client.fqdn, key: idempotencyKey };
+    const queued = await enqueue(route, client, toQueue, { messageId: claim.messageId, receivedAt: claim.receivedAt, takenOver: claim.takenOver, key }, suppressed);
+    if (queued.ok) {
+      claim.complete(queued.value);
+      tellSuppressed(queued.value.id);
+    } else {
+      claim.fail(queued.rejection);
+      // Whether the put landed is unknown: the next request with this key puts the same job again.
+      if (deps.store) {
+        await deps.store.openKey(key.fqdn, key.key, idempotencyOwner).catch((err: unknown) => deps.storeHealth?.failed('idempotency_open', err));
+      }
+    }
+    return queued;
   }
 
   // Signed requests need the exact body bytes for the digest: keep JSON as a Buffer
@@ -197,6 +298,10 @@ export function buildApp(config: PostofficeConfig, deps: PostofficeDeps): Fastif
   let closing = false;
   app.addHook('preClose', async () => {
     closing = true;
+  });
+  // After the last request: what is still buffered for the store gets a few seconds to reach it.
+  app.addHook('onClose', async () => {
+    await records?.drain(Date.now() + STORE_DRAIN_MS);
   });
   app.addHook('onSend', async (_request, reply) => {
     if (closing) reply.header('connection', 'close');
@@ -230,7 +335,7 @@ export function buildApp(config: PostofficeConfig, deps: PostofficeDeps): Fastif
     if (replayGuarded && !replayGuard.claim(caller.signature, (caller.timestamp + windowSeconds) * 1000, nowMs)) {
       return reject(request, reply, 'v1', { status: 401, code: 'replayed', message: 'this exact request was already received' }, caller.fqdn);
     }
-    let outcome: OrRejection<string> | undefined;
+    let outcome: OrRejection<Accepted> | undefined;
     try {
       const json = parseJsonBody(raw);
       outcome = json.ok ? await accept('v1', caller, json.value, caller.idempotencyKey) : json;
@@ -239,7 +344,7 @@ export function buildApp(config: PostofficeConfig, deps: PostofficeDeps): Fastif
       if (replayGuarded && !outcome?.ok) replayGuard.release(caller.signature);
     }
     if (!outcome.ok) return reject(request, reply, 'v1', outcome.rejection, caller.fqdn);
-    return reply.code(202).send({ id: outcome.value });
+    return reply.code(202).send(acceptedBody(outcome.value));
   });
 
   if (config.legacy.enabled) {
@@ -262,7 +367,7 @@ export function buildApp(config: PostofficeConfig, deps: PostofficeDeps): Fastif
         const json = parseJsonBody(Buffer.from(email, 'utf8'), 'email');
         const outcome = json.ok ? await accept('legacy', auth.value, json.value, undefined) : json;
         if (!outcome.ok) return reject(request, reply, 'legacy', outcome.rejection, auth.value.fqdn);
-        return reply.code(200).send({ id: outcome.value });
+        return reply.code(200).send(acceptedBody(outcome.value));
       });
     });
   }

@@ -1,6 +1,7 @@
 import { z } from 'zod';
 import { hostPortSchema, loadConfig, type ConfigWarning } from '../shared/config.ts';
 import { JOB_TTR_SECONDS, TUBE } from '../shared/job.ts';
+import { storeConfigSchema, suppressionConfigSchema } from '../shared/store/config.ts';
 import { clientsConfigSchema } from './auth.ts';
 import { statusConfigSchema } from './status.ts';
 
@@ -50,6 +51,11 @@ export const postofficeConfigSchema = z
     trustProxy: z.boolean().default(false),
     /** GET /v1/messages/:id (postoffice/status.ts). */
     status: statusConfigSchema,
+    /** The shared store: idempotency keys, message state and history, suppression list (shared/store/). */
+    store: storeConfigSchema,
+    /** Queued records held in memory while the store is unavailable, at most. */
+    storeBufferMaxEntries: z.number().int().positive().default(100_000),
+    suppression: suppressionConfigSchema,
   })
   .strict();
 

@@ -4,6 +4,8 @@ export interface PostofficeMetrics {
   accepted: Counter<'route'>;
   duplicates: Counter<'route'>;
   rejected: Counter<'reason'>;
+  suppressed: Counter;
+  storeRecordsDropped: Counter;
   requestDuration: Histogram<'route' | 'method' | 'status'>;
 }
 
@@ -20,6 +22,8 @@ export function createPostofficeMetrics(registry: Registry): PostofficeMetrics {
   return {
     accepted: counter(registry, 'hedwig_postoffice_messages_accepted_total', 'Messages put into beanstalkd, by route (v1, legacy).', ['route']),
     duplicates: counter(registry, 'hedwig_postoffice_messages_duplicate_total', 'Retried requests answered from the idempotency cache (nothing queued).', ['route']),
+    suppressed: counter(registry, 'hedwig_postoffice_recipients_suppressed_total', 'Recipients left out of submissions because they are on the suppression list.', []),
+    storeRecordsDropped: counter(registry, 'hedwig_postoffice_store_records_dropped_total', 'Queued-message records dropped from the memory buffer while the store was unavailable (the messages are still queued).', []),
     rejected: counter(registry, 'hedwig_postoffice_messages_rejected_total', 'Requests answered with an error, by error code.', ['reason']),
     requestDuration:
       (registry.getSingleMetric(durationName) as Histogram<'route' | 'method' | 'status'> | undefined) ??

@@ -9,6 +9,8 @@ export interface Rejection {
   field?: string;
   /** For the server's log only, never sent: what `code` deliberately does not tell (e.g. `unknown_fqdn`). */
   detail?: string;
+  /** recipients_suppressed: the recipients on the suppression list. */
+  suppressed?: string[];
 }
 
 /** What a check of a request gives: the checked value, or the rejection to answer with. */
@@ -23,6 +25,11 @@ export function ok<T>(value: T): { ok: true; value: T } {
 }
 
 /** The flat JSON body sent to clients: never a stack trace, never the input echoed back. */
-export function errorBody(r: Rejection): { error: string; message: string; field?: string } {
-  return r.field === undefined ? { error: r.code, message: r.message } : { error: r.code, message: r.message, field: r.field };
+export function errorBody(r: Rejection): { error: string; message: string; field?: string; suppressed?: string[] } {
+  return {
+    error: r.code,
+    message: r.message,
+    ...(r.field !== undefined ? { field: r.field } : {}),
+    ...(r.suppressed !== undefined ? { suppressed: r.suppressed } : {}),
+  };
 }

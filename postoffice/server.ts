@@ -6,11 +6,21 @@ import { errorCode, errorMessage, HedwigError } from '../shared/errors.ts';
 import { formatHostPort } from '../shared/host-port.ts';
 import type { Logger } from '../shared/logger.ts';
 import { createRegistry } from '../shared/ops-server.ts';
-import { buildApp } from './app.ts';
+import { buildApp, DEFAULT_CLAIM_STALE_MS } from './app.ts';
 import { jobSizeFor } from '../shared/job.ts';
 import type { PostofficeConfig } from './config.ts';
 import { RoundRobinQueue } from './queue.ts';
-import { jobStateVia, registerStatusRoute, runStatusConsumer, StatusTable } from './status.ts';
+import { jobStateVia, registerStatusRoute, runStatusConsumer } from './status.ts';
+import { randomUUID } from 'node:crypto';
+import { hostname } from 'node:os';
+import { redactedUrl } from '../shared/store/config.ts';
+import { StoreHealth } from '../shared/store/health.ts';
+import { openStore, type Store } from '../shared/store/open.ts';
+import { createSuppressionEvents } from './suppression.ts';
+
+const PRUNE_INTERVAL_MS = 60_000;
+/** BeanstalkClient's default command timeout (shared/beanstalk.ts). */
+const BEANSTALK_COMMAND_TIMEOUT_MS = 10_000;
 
 export interface RunningPostoffice {
   port: number;
@@ -85,23 +95,56 @@ export async function startPostoffice(config: PostofficeConfig, options: { logge
   );
   const closeClients = () => Promise.all(clients.map((client) => client.close())).then(() => undefined);
 
+  let store: Store;
+  try {
+    store = await openStore(config.store, { setting: 'store.url', onError: (err) => logger.warn({ event: 'store_connection_error', error: errorMessage(err) }) });
+  } catch (err) {
+    await closeClients();
+    throw err;
+  }
+  const storeHealth = new StoreHealth(logger, registry, redactedUrl(config.store.url));
   const queue = new RoundRobinQueue(clients, { tube, ttrSeconds });
-  const statusTable = new StatusTable(config.status);
   const stopStatus = new AbortController();
+  const suppressionEvents = createSuppressionEvents({ clients, tube: config.suppression.webhookTube, logger });
   const app = buildApp(config, {
     logger,
     queue,
     registry,
+    store,
+    storeHealth,
+    owner: `${hostname()}/${process.pid}/${randomUUID().slice(0, 8)}`,
+    // A live owner finishes its put within the command timeout of each server it tries.
+    claimStaleMs: Math.max(DEFAULT_CLAIM_STALE_MS, (config.beanstalk.servers.length + 1) * BEANSTALK_COMMAND_TIMEOUT_MS),
+    onSuppressed: (context, suppressed) => {
+      for (const [recipient, entry] of suppressed) {
+        logger.info({ event: 'suppressed', messageId: context.messageId, fqdn: context.fqdn, mailfrom: context.mailfrom, recipient, source: entry.source, enhancedCode: entry.enhancedCode, until: entry.expiresAt });
+      }
+      void suppressionEvents(context, suppressed);
+    },
     ...(https ? { https } : {}),
-    ...(config.status.enabled ? { onQueued: (job, queued) => statusTable.queued(job, queued, Date.now()) } : {}),
   });
-  const statusConsumers = config.status.enabled ? config.beanstalk.servers.map((address) => runStatusConsumer(address, config.status.tube, statusTable, logger, stopStatus.signal)) : [];
+  const statusConsumers = config.status.enabled
+    ? config.beanstalk.servers.map((address) =>
+        runStatusConsumer(address, { tube: config.status.tube, store, health: storeHealth, suppression: config.suppression, logger, stopping: stopStatus.signal }),
+      )
+    : [];
+  const pruner = setInterval(() => {
+    store
+      .prune(Date.now(), { firstAttemptMs: Math.max(config.store.historySeconds, config.idempotencyTtlSeconds) * 1000 })
+      .then((removed) => {
+        storeHealth.worked();
+        if (Object.values(removed).some((n) => n > 0)) logger.info({ event: 'store_pruned', ...removed });
+      })
+      .catch((err: unknown) => storeHealth.failed('prune', err));
+  }, PRUNE_INTERVAL_MS);
+  pruner.unref();
   const stopStatusConsumers = async () => {
+    clearInterval(pruner);
     stopStatus.abort();
     await Promise.all(statusConsumers);
   };
   if (config.status.enabled) {
-    registerStatusRoute(app, { clients: config.clients, windowSeconds: config.signatureWindowSeconds, table: statusTable, jobState: jobStateVia(clients), now: Date.now });
+    registerStatusRoute(app, { clients: config.clients, windowSeconds: config.signatureWindowSeconds, store, health: storeHealth, jobState: jobStateVia(clients), now: Date.now });
   }
   try {
     await app.listen({ host: config.listen.host, port: config.listen.port });
@@ -109,6 +152,7 @@ export async function startPostoffice(config: PostofficeConfig, options: { logge
     await app.close().catch(() => undefined);
     await stopStatusConsumers();
     await closeClients();
+    await store.close();
     throw new HedwigError('STARTUP_FAILED', `cannot listen on ${formatHostPort(config.listen)}: ${errorCode(err) ?? errorMessage(err)}`, { cause: err });
   }
 
@@ -121,7 +165,7 @@ export async function startPostoffice(config: PostofficeConfig, options: { logge
       'serving plain HTTP on a non-loopback address: configure tls (the legacy route sends keys in the clear)',
     );
   }
-  logger.info({ event: 'started', url, beanstalk: clients.map((c) => c.server), tube, legacy: config.legacy.enabled });
+  logger.info({ event: 'started', url, beanstalk: clients.map((c) => c.server), tube, legacy: config.legacy.enabled, store: redactedUrl(config.store.url) });
 
   let stopping: Promise<void> | undefined;
   return {
@@ -132,6 +176,7 @@ export async function startPostoffice(config: PostofficeConfig, options: { logge
         await app.close();
         await stopStatusConsumers();
         await closeClients();
+        await store.close();
       })();
       return stopping;
     },

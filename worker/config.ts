@@ -3,6 +3,7 @@ import { z } from 'zod';
 import { ConfigError, hostPortSchema, loadConfig, type ConfigWarning, type KeyIssue } from '../shared/config.ts';
 import { TUBE } from '../shared/job.ts';
 import { daneSchema } from './dane.ts';
+import { storeConfigSchema, suppressionConfigSchema } from '../shared/store/config.ts';
 import { dkimSchema, loadDkimKeys, type DkimKeys } from './dkim.ts';
 import { headersSchema } from './headers.ts';
 import { limitsSchema } from './limits.ts';
@@ -62,6 +63,10 @@ export const workerConfigSchema = z
     limits: limitsSchema,
     /** Delivery events to an operator's URL (worker/webhook.ts); off when absent. */
     webhook: webhookConfigSchema.optional(),
+    /** The shared store (shared/store/): first-attempt ledger, message state and history, suppression list. */
+    store: storeConfigSchema,
+    /** Recipients that bounce with a "no such address" reply are suppressed for suppression.ttlSeconds. */
+    suppression: suppressionConfigSchema,
     ops: z
       .object({
         host: z.string().min(1).default('127.0.0.1'),

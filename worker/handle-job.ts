@@ -25,6 +25,12 @@ export interface WorkerDeps extends AttemptDeps, Omit<CommitDeps, 'metrics' | 'r
   policy: RetryPolicy;
   /** Delivery status notifications to senders; absent means none are sent. */
   notices?: NoticeSettings & { delayWarningSeconds: number };
+  /**
+   * Before the first attempt of a message (attempts 0): whether this job owns it, or is a second
+   * copy of a job already attempted (a put the post office repeated after an ambiguous answer,
+   * shared/store/store.ts firstAttempt). Absent, or the store unavailable: 'first'.
+   */
+  firstAttempt?: (job: OutboundJob, reserved: ReservedJob) => Promise<'first' | 'duplicate'>;
   now?: () => number;
 }
 
@@ -98,6 +104,13 @@ export async function handleReservedJob(client: BeanstalkClient, reserved: Reser
   const found = await jobToWorkOn(client, reserved, deps);
   if (!found) return;
   const { job } = found;
+  if (job.attempts === 0 && deps.firstAttempt && (await deps.firstAttempt(job, reserved)) === 'duplicate') {
+    // The other copy is (or was) delivered; this one must not be. Nothing is lost: the owner job carries every recipient.
+    deps.logger.warn({ event: 'duplicate_job', messageId: job.id, jobId: reserved.id, server: reserved.server }, 'a copy of a job already attempted; deleted without delivering');
+    deps.metrics.duplicateJobs.inc();
+    await reserved.delete();
+    return;
+  }
 
   const stopKeeping = keepReserved(reserved, found.ttrSeconds, deps.logger);
   let settlement: Settlement;

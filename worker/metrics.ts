@@ -24,6 +24,8 @@ export interface WorkerMetrics {
   dkimSignatures: Counter<'result'>;
   /** Jobs buried for an operator (undecodable, reserved too often, an outcome too big). */
   buriedJobs: Counter;
+  /** Second copies of an already attempted job, deleted without delivery. */
+  duplicateJobs: Counter;
   /** Delivery status notifications queued for senders: failure, delay. */
   notices: Counter<'kind'>;
   webhookEvents: Counter<'type'>;
@@ -106,6 +108,12 @@ export function createWorkerMetrics(registry: Registry): WorkerMetrics {
       'hedwig_worker_buried_jobs_total',
       (registers) => new Counter({ name: 'hedwig_worker_buried_jobs_total', help: 'Jobs that could not be decoded and were buried for an operator.', registers }),
     ),
+    duplicateJobs: metric(
+      registry,
+      'hedwig_worker_duplicate_jobs_total',
+      (registers) =>
+        new Counter({ name: 'hedwig_worker_duplicate_jobs_total', help: 'Second copies of a job whose message already made its first attempt (a repeated put), deleted without delivering.', registers }),
+    ),
     notices: metric(
       registry,
       'hedwig_worker_notices_total',
@@ -161,7 +169,7 @@ export function createWorkerMetrics(registry: Registry): WorkerMetrics {
       (registers) =>
         new Counter({
           name: 'hedwig_worker_status_updates_total',
-          help: 'Message status updates for the post office, by result: sent, skipped (no post office watches the status tube), failed.',
+          help: 'Message status reports, by result: stored (written into the store), sent (into the status tube, the store being unavailable), skipped (no post office watches the status tube), failed.',
           labelNames: ['result'],
           registers,
         }),

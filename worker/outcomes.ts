@@ -30,6 +30,12 @@ export interface OutcomeOptions {
   metrics: WorkerMetrics;
   webhook?: Pick<WebhookConfig, 'tube' | 'events' | 'hashRecipients' | 'secret'>;
   statusTube?: string;
+  /**
+   * Writes a status report straight into the shared store; false when the store did not take
+   * it (the report then goes through the status tube, for a post office to write later).
+   * With a store every settled attempt is reported (the history of delivered messages too).
+   */
+  report?: (update: StatusUpdate) => Promise<boolean>;
   /** How long "does a post office watch the status tube?" is remembered per connection. */
   watcherCacheMs?: number;
   ttrSeconds?: number;
@@ -85,6 +91,7 @@ export function statusUpdate(job: OutboundJob, settlement: Settlement, context: 
     v: 1,
     messageId: job.id,
     fqdn: job.fqdn,
+    mailfrom: job.mailfrom,
     receivedAt: job.receivedAt,
     attempts: job.attempts + 1,
     state: settlement.retry ? 'deferred' : 'done',
@@ -148,7 +155,14 @@ export function createOutcomeRecorder(options: OutcomeOptions): OutcomeRecorder 
         }
       }
 
-      if (needsStatusUpdate(job, settlement)) {
+      if (options.report) {
+        const update = statusUpdate(job, settlement, { now, server: client.server, ...(retryJobId ? { retryJobId } : {}) });
+        if (await options.report(update)) {
+          metrics.statusUpdates.inc({ result: 'stored' });
+          return;
+        }
+      }
+      if (options.report || needsStatusUpdate(job, settlement)) {
         try {
           if (await statusWatched(client, now)) {
             const update = statusUpdate(job, settlement, { now, server: client.server, ...(retryJobId ? { retryJobId } : {}) });

@@ -1,6 +1,6 @@
 import type { Registry } from 'prom-client';
 import { BeanstalkClient } from '../shared/beanstalk.ts';
-import { HedwigError } from '../shared/errors.ts';
+import { errorMessage, HedwigError } from '../shared/errors.ts';
 import { formatHostPort } from '../shared/host-port.ts';
 import { JOB_TTR_SECONDS } from '../shared/job.ts';
 import type { Logger } from '../shared/logger.ts';
@@ -18,6 +18,10 @@ import { unusableSourceAddresses } from './source-ip.ts';
 import { tlsPolicySettingsFrom } from './tls-policy.ts';
 import { startTransportSecurity } from './transport-security-setup.ts';
 import { runWebhookLoop } from './webhook.ts';
+import type { StatusUpdate } from '../shared/message-status.ts';
+import { redactedUrl } from '../shared/store/config.ts';
+import { StoreHealth } from '../shared/store/health.ts';
+import { openStore } from '../shared/store/open.ts';
 
 /**
  * Start-up: turns the config into the running worker. One delivery loop per reserve
@@ -55,6 +59,22 @@ export async function startWorker(config: WorkerConfig, options: { logger: Logge
   const from = noticesFrom(config.bounces, config.ehloName);
   const tlsSettings = tlsPolicySettingsFrom(config.tls, files.tlsCa);
   const transportSecurity = startTransportSecurity(config, tlsSettings, { logger, metrics });
+  const store = await openStore(config.store, { setting: 'store.url', onError: (err) => logger.warn({ event: 'store_connection_error', error: errorMessage(err) }) });
+  const storeHealth = new StoreHealth(logger, registry, redactedUrl(config.store.url));
+  /** A settled attempt straight into the store; false sends it through the status tube instead. */
+  const report = async (update: StatusUpdate): Promise<boolean> => {
+    try {
+      const applied = await store.applyStatus(update, Date.now(), config.suppression);
+      storeHealth.worked();
+      for (const entry of applied.suppressed) {
+        logger.info({ event: 'suppression_added', address: entry.address, messageId: update.messageId, enhancedCode: entry.enhancedCode, responseCode: entry.responseCode, until: entry.expiresAt });
+      }
+      return true;
+    } catch (err) {
+      storeHealth.failed('apply_status', err);
+      return false;
+    }
+  };
 
   const deps: WorkerDeps = {
     router: createRouteResolver({
@@ -87,7 +107,18 @@ export async function startWorker(config: WorkerConfig, options: { logger: Logge
     policy: config.retry,
     tubes: { outbound: config.beanstalk.tube, failed: config.beanstalk.failedTube },
     ttrSeconds: JOB_TTR_SECONDS,
-    outcomes: createOutcomeRecorder({ logger, metrics, ...(webhook ? { webhook } : {}) }),
+    outcomes: createOutcomeRecorder({ logger, metrics, report, ...(webhook ? { webhook } : {}) }),
+    firstAttempt: async (job, reserved) => {
+      try {
+        const verdict = await store.firstAttempt(job.id, job.receivedAt, { server: reserved.server, jobId: reserved.id }, Date.now());
+        storeHealth.worked();
+        return verdict;
+      } catch (err) {
+        // Without the store a copy cannot be told apart: deliver (at-least-once), never drop.
+        storeHealth.failed('first_attempt', err);
+        return 'first';
+      }
+    },
     notices: { enabled: config.bounces.enabled, from, reportingMta: config.ehloName, delayWarningSeconds: config.bounces.delayWarningSeconds },
   };
 
@@ -115,6 +146,7 @@ export async function startWorker(config: WorkerConfig, options: { logger: Logge
     await Promise.all(clients.map((c) => c.close()));
     await Promise.all(loops);
     await stopOperations();
+    await store.close();
     throw err;
   }
   logger.info(
@@ -139,6 +171,7 @@ export async function startWorker(config: WorkerConfig, options: { logger: Logge
     await deps.deliverer.close?.();
     await stopOperations();
     await ops.stop();
+    await store.close();
   }
 
   return {

@@ -3,7 +3,7 @@ import type { BeanstalkClient, ReservedJob } from '../shared/beanstalk.ts';
 import { readSecret, type KeyIssue } from '../shared/config.ts';
 import { errorCode, errorMessage } from '../shared/errors.ts';
 import type { Logger } from '../shared/logger.ts';
-import { webhookSignature, WEBHOOK_SIGNATURE_HEADER } from '../shared/webhook-signature.ts';
+import { recipientHash, webhookSignature, WEBHOOK_SIGNATURE_HEADER } from '../shared/webhook-signature.ts';
 import type { WorkerMetrics } from './metrics.ts';
 import { runReserveLoop } from '../shared/reserve-loop.ts';
 
@@ -18,7 +18,8 @@ import { runReserveLoop } from '../shared/reserve-loop.ts';
  */
 
 export const WEBHOOK_TUBE = 'hedwig-events';
-export const EVENT_TYPES = ['delivered', 'deferred', 'bounced', 'expired'] as const;
+/** `suppressed`: the post office left a recipient out of a submission because it is on the suppression list (postoffice/suppression.ts). */
+export const EVENT_TYPES = ['delivered', 'deferred', 'bounced', 'expired', 'suppressed'] as const;
 export type EventType = (typeof EVENT_TYPES)[number];
 const MIN_SECRET_LENGTH = 32;
 
@@ -69,6 +70,8 @@ export interface DeliveryEvent {
   attempts: number;
   /** deferred only. */
   nextAttemptAt?: string;
+  /** suppressed only: when the entry expires (null: until removed). */
+  suppressedUntil?: string | null;
 }
 
 /** An event as queued in the webhook tube. */
@@ -131,7 +134,16 @@ export async function dispatchEvent(client: BeanstalkClient, reserved: ReservedJ
     await reserved.bury();
     return;
   }
-  const { event } = queued;
+  // Events queued by the post office (suppressed) come unfiltered and with the address in clear:
+  // this webhook's own settings decide.
+  if (!config.events.includes(queued.event.type)) {
+    await reserved.delete();
+    return;
+  }
+  const event: DeliveryEvent =
+    config.hashRecipients && queued.event.recipient !== undefined
+      ? (({ recipient, ...rest }) => ({ ...rest, recipientHash: recipientHash(config.secret, recipient!) }))(queued.event)
+      : queued.event;
   const fields = { eventId: event.id, type: event.type, messageId: event.messageId, jobId: reserved.id };
   const result = await post(config, event, now());
   if (result.ok) {

@@ -45,3 +45,24 @@ export type StoreConfig = z.infer<typeof storeConfigSchema>;
 export function redactedUrl(url: string): string {
   return url.replace(/^(postgres(?:ql)?:\/\/[^:@/]*):[^@/]*@/, '$1:***@');
 }
+
+/**
+ * The `suppression` block (post office and worker): recipients whose delivery failed
+ * permanently because the address does not exist (shared/store/suppression-rules.ts) are not
+ * sent to again for `ttlSeconds`. The worker adds entries; the post office checks every
+ * submission against them, except for the hosts and sender domains listed as exempt.
+ */
+export const suppressionConfigSchema = z
+  .object({
+    enabled: z.boolean().default(true),
+    ttlSeconds: z.number().int().positive().default(2_592_000),
+    /** Post office: submissions from these hosts (fqdn) are never checked. */
+    exemptHosts: z.array(z.string().min(1).transform((fqdn) => fqdn.toLowerCase())).default([]),
+    /** Post office: submissions with a mailfrom in these domains are never checked. */
+    exemptSenderDomains: z.array(z.string().min(1).transform((domain) => domain.toLowerCase())).default([]),
+    /** Post office: where a refused recipient's `suppressed` webhook event goes (the workers' webhook tube). */
+    webhookTube: z.string().min(1).max(200).default('hedwig-events'),
+  })
+  .strict()
+  .prefault({});
+export type SuppressionConfig = z.infer<typeof suppressionConfigSchema>;

@@ -41,9 +41,11 @@ export interface QueuedRecord {
   ref: JobRef;
   /** The idempotency key it was claimed under: marked queued in the same transaction. */
   key?: { fqdn: string; key: string };
+  /** Recipients of the submission refused because they are suppressed (not in rcpttos). */
+  suppressed?: readonly string[];
 }
 
-export type RecipientState = 'queued' | 'deferred' | 'delivered' | 'bounced' | 'expired' | 'deleted';
+export type RecipientState = 'queued' | 'deferred' | 'delivered' | 'bounced' | 'expired' | 'deleted' | 'suppressed';
 export type MessageState = 'queued' | 'deferred' | 'done' | 'deleted';
 
 export interface RecipientRecord {
@@ -272,7 +274,10 @@ export class Store {
          WHERE hedwig_messages.attempts = 0 AND hedwig_messages.state = 'queued'`,
         records.map((r) => [r.id, r.fqdn, r.mailfrom, r.rcpttos.length, r.size, r.receivedAt, 'queued', 0, r.ref.server, r.ref.jobId, now]),
       );
-      const recipients = records.flatMap((r) => [...new Set(r.rcpttos)].map((rcpt) => [r.id, rcpt, domainOf(rcpt).toLowerCase(), 'queued']));
+      const recipients = records.flatMap((r) => [
+        ...[...new Set(r.rcpttos)].map((rcpt) => [r.id, rcpt, domainOf(rcpt).toLowerCase(), 'queued']),
+        ...[...new Set(r.suppressed ?? [])].map((rcpt) => [r.id, rcpt, domainOf(rcpt).toLowerCase(), 'suppressed']),
+      ]);
       await insertRows(tx, 'INSERT INTO hedwig_recipients (message_id, recipient, domain, state)', 'ON CONFLICT (message_id, recipient) DO NOTHING', recipients);
       for (const r of records) {
         if (r.key) await tx.run("UPDATE hedwig_idempotency SET state = 'queued' WHERE fqdn = $1 AND idem_key = $2 AND message_id = $3", [r.key.fqdn, r.key.key, r.id]);

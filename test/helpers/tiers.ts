@@ -5,6 +5,11 @@ import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { stringify } from 'yaml';
 import { waitFor } from './ports.ts';
+import { testStoreUrl } from './store.ts';
+
+function hasStore(config: unknown): boolean {
+  return typeof config === 'object' && config !== null && 'store' in config;
+}
 
 const root = resolve(import.meta.dirname, '..', '..');
 
@@ -50,7 +55,8 @@ export async function startTier(
   const entry = options.distDir ? [join(options.distDir, name, 'main.js')] : ['--import', 'tsx', join(root, name, 'main.ts')];
   const child = spawn(process.execPath, [...entry, '--config', configFile], {
     cwd: root,
-    env: { ...process.env, LOG_LEVEL: 'info', ...options.env },
+    // Every post office and worker of this test file shares one store (test/helpers/store.ts) unless the test names its own.
+    env: { ...process.env, LOG_LEVEL: 'info', ...(name === 'mailman' || hasStore(config) ? {} : { [`HEDWIG_${name.toUpperCase()}__STORE__URL`]: testStoreUrl() }), ...options.env },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   const logs: Array<Record<string, unknown>> = [];

@@ -1,4 +1,5 @@
 import { workerConfigSchema, type WorkerConfig } from '../../worker/config.ts';
+import { testStoreUrl } from './store.ts';
 
 /**
  * The config of an in-process worker for tests that look at the queue and the tiers
@@ -8,7 +9,7 @@ import { workerConfigSchema, type WorkerConfig } from '../../worker/config.ts';
  * loopback port.
  */
 export function testWorkerConfig(beanstalkAddress: string, settings: Record<string, unknown>): WorkerConfig {
-  return workerConfigSchema.parse({
+  return workerConfigSchema.parse({ store: { url: testStoreUrl() },
     beanstalk: { servers: [beanstalkAddress] },
     concurrency: 1,
     ehloName: 'worker.hedwig.test',

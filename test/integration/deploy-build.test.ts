@@ -22,6 +22,7 @@ import { freePort } from '../helpers/ports.ts';
 import { startSmtpSink, type SmtpSink } from '../helpers/smtp-sink.ts';
 import { makeTestCa } from '../helpers/test-ca.ts';
 import { startTier, type TierName, type TierProcess } from '../helpers/tiers.ts';
+import { startPostgres, type PostgresProcess } from '../helpers/postgres.ts';
 
 const root = resolve(import.meta.dirname, '..', '..');
 const KEY = 'c0ffee42'.repeat(8);
@@ -44,6 +45,7 @@ describe('the production build with the config/ examples', { timeout: 180_000 },
   const buildDir = mkdtempSync(join(tmpdir(), 'hedwig-build-'));
   const distDir = join(buildDir, 'dist');
   let beanstalkd: BeanstalkdProcess;
+  let postgres: PostgresProcess;
   let sink: SmtpSink;
   const tiers: Partial<Record<TierName, TierProcess>> = {};
   let mailmanPort = 0;
@@ -71,6 +73,8 @@ describe('the production build with the config/ examples', { timeout: 180_000 },
     }
 
     beanstalkd = await startBeanstalkd({ maxJobSize: 16_777_216, fsyncMs: 0 });
+    // The examples' store is docker-compose.yml's PostgreSQL: a real one here, on loopback.
+    postgres = await startPostgres();
     sink = await startSmtpSink();
     const postofficePort = await freePort();
     mailmanPort = await freePort();
@@ -78,12 +82,13 @@ describe('the production build with the config/ examples', { timeout: 180_000 },
 
     tiers.postoffice = await startTier('postoffice', productionConfig('postoffice', secrets), {
       distDir,
-      env: { HEDWIG_POSTOFFICE__LISTEN__HOST: '127.0.0.1', HEDWIG_POSTOFFICE__LISTEN__PORT: String(postofficePort), HEDWIG_POSTOFFICE__BEANSTALK__SERVERS: loopbackBeanstalk },
+      env: { HEDWIG_POSTOFFICE__LISTEN__HOST: '127.0.0.1', HEDWIG_POSTOFFICE__LISTEN__PORT: String(postofficePort), HEDWIG_POSTOFFICE__BEANSTALK__SERVERS: loopbackBeanstalk, HEDWIG_POSTOFFICE__STORE__URL: postgres.url },
     });
     tiers.worker = await startTier('worker', productionConfig('worker', secrets), {
       distDir,
       env: {
         HEDWIG_WORKER__BEANSTALK__SERVERS: loopbackBeanstalk,
+        HEDWIG_WORKER__STORE__URL: postgres.url,
         HEDWIG_WORKER__CONCURRENCY: '2',
         HEDWIG_WORKER__ROUTES: `{"example.org": "127.0.0.1:${sink.port}"}`,
         HEDWIG_WORKER__OPS__HOST: '127.0.0.1',
@@ -105,7 +110,7 @@ describe('the production build with the config/ examples', { timeout: 180_000 },
 
   after(async () => {
     await Promise.allSettled(Object.values(tiers).map((tier) => tier.kill()));
-    await Promise.allSettled([sink?.stop(), beanstalkd?.stop()]);
+    await Promise.allSettled([sink?.stop(), beanstalkd?.stop(), postgres?.stop()]);
   });
 
   function healthcheck(pid: number): Promise<{ code: number; stdout: string; stderr: string }> {

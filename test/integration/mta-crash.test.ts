@@ -11,6 +11,7 @@ import { startBeanstalkd, type BeanstalkdProcess } from '../helpers/beanstalkd.t
 import { waitFor } from '../helpers/ports.ts';
 import { startSmtpSink } from '../helpers/smtp-sink.ts';
 import { startTier, type TierProcess } from '../helpers/tiers.ts';
+import { testStoreUrl } from '../helpers/store.ts';
 
 /**
  * Crashes: a worker process killed with SIGKILL in the middle of a delivery, and a job that
@@ -110,7 +111,7 @@ describe('worker crashes', { timeout: 90_000 }, () => {
     await client.ignore(tube);
 
     const logs: Array<Record<string, unknown>> = [];
-    const config = workerConfigSchema.parse({
+    const config = workerConfigSchema.parse({ store: { url: testStoreUrl() },
       beanstalk: { servers: [beanstalkd.address], tube, failedTube: `${tube}-failed` },
       concurrency: 1,
       ops: { host: '127.0.0.1', port: 0 },

@@ -12,6 +12,7 @@ import { startDns, type DnsServer } from '../helpers/dns.ts';
 import { freePort, waitFor } from '../helpers/ports.ts';
 import { startSmtpSink, type SmtpSink } from '../helpers/smtp-sink.ts';
 import { parseDsn, type ParsedDsn } from '../helpers/worker-dsn.ts';
+import { testStoreUrl } from '../helpers/store.ts';
 
 /**
  * The worker as a mail transfer agent, end to end: every recipient of every message ends
@@ -96,7 +97,7 @@ describe('the worker as an MTA', { timeout: 120_000 }, () => {
   });
 
   async function startMta(tube: string, bounces: { delayWarningSeconds: number }, retry = { delaysSeconds: [1], maxLifetimeSeconds: 3 }) {
-    const config = workerConfigSchema.parse({
+    const config = workerConfigSchema.parse({ store: { url: testStoreUrl() },
       beanstalk: { servers: [beanstalkd.address], tube, failedTube: `${tube}-failed` },
       concurrency: 4,
       ehloName: 'worker.hedwig.test',

@@ -15,6 +15,7 @@ import { startPostoffice } from '../../postoffice/server.ts';
 import { startBeanstalkd } from '../helpers/beanstalkd.ts';
 import { freePort, waitFor } from '../helpers/ports.ts';
 import { startTier } from '../helpers/tiers.ts';
+import { testStoreUrl } from '../helpers/store.ts';
 
 const run = promisify(execFile);
 const FQDN = 'app1.example.net';
@@ -89,7 +90,7 @@ describe('post office server lifecycle', { timeout: 60_000 }, () => {
     const queue = await startHoldingBeanstalkd();
     t.after(() => queue.stop());
     // The fake beanstalkd speaks only use/put: no status consumer (its own connection) here.
-    const config = postofficeConfigSchema.parse({ listen: { port: await freePort() }, beanstalk: { servers: [`127.0.0.1:${queue.port}`] }, clients, status: { enabled: false } });
+    const config = postofficeConfigSchema.parse({ store: { url: testStoreUrl() }, listen: { port: await freePort() }, beanstalk: { servers: [`127.0.0.1:${queue.port}`] }, clients, status: { enabled: false } });
     const postoffice = await startPostoffice(config, { logger: silentLogger(), registry: new Registry() });
     t.after(() => postoffice.stop());
 
@@ -120,7 +121,7 @@ describe('post office server lifecycle', { timeout: 60_000 }, () => {
     await run('openssl', ['req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-keyout', key, '-out', cert, '-days', '1', '-subj', '/CN=localhost', '-addext', 'subjectAltName=IP:127.0.0.1,DNS:localhost'], { timeout: 30_000 });
     const beanstalkd = await startBeanstalkd();
     t.after(() => beanstalkd.stop());
-    const config = postofficeConfigSchema.parse({ listen: { port: await freePort() }, beanstalk: { servers: [beanstalkd.address] }, clients, tls: { cert, key } });
+    const config = postofficeConfigSchema.parse({ store: { url: testStoreUrl() }, listen: { port: await freePort() }, beanstalk: { servers: [beanstalkd.address] }, clients, tls: { cert, key } });
     const postoffice = await startPostoffice(config, { logger: silentLogger(), registry: new Registry() });
     t.after(() => postoffice.stop());
     assert.match(postoffice.url, /^https:\/\/127\.0\.0\.1:\d+$/);
@@ -143,7 +144,7 @@ describe('post office server lifecycle', { timeout: 60_000 }, () => {
   });
 
   it('refuses to start when a TLS file is missing, naming it', async () => {
-    const config = postofficeConfigSchema.parse({ listen: { port: await freePort() }, clients, tls: { cert: '/nonexistent/cert.pem', key: '/nonexistent/key.pem' } });
+    const config = postofficeConfigSchema.parse({ store: { url: testStoreUrl() }, listen: { port: await freePort() }, clients, tls: { cert: '/nonexistent/cert.pem', key: '/nonexistent/key.pem' } });
     await assert.rejects(startPostoffice(config, { logger: silentLogger(), registry: new Registry() }), { code: 'CONFIG_INVALID', message: /tls\.cert \/nonexistent\/cert\.pem: ENOENT/ });
   });
 });

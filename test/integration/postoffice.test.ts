@@ -15,6 +15,7 @@ import { startPostoffice, type RunningPostoffice } from '../../postoffice/server
 import { startBeanstalkd, type BeanstalkdProcess } from '../helpers/beanstalkd.ts';
 import { freePort, waitFor } from '../helpers/ports.ts';
 import { readmeSignedCurl } from '../helpers/readme.ts';
+import { testStoreUrl } from '../helpers/store.ts';
 
 const run = promisify(execFile);
 
@@ -72,7 +73,7 @@ describe('post office against a real beanstalkd', { timeout: 90_000 }, () => {
 
   before(async () => {
     beanstalkd = await startBeanstalkd({ maxJobSize: jobSizeFor(MAX_BYTES, MAX_RCPTS) });
-    const config = postofficeConfigSchema.parse({
+    const config = postofficeConfigSchema.parse({ store: { url: testStoreUrl() },
       listen: { host: '127.0.0.1', port: await freePort() },
       beanstalk: { servers: [beanstalkd.address], tube: TUBE },
       limits: { maxMessageBytes: MAX_BYTES, maxRecipients: MAX_RCPTS },
@@ -169,7 +170,7 @@ describe('post office with two beanstalkd servers', { timeout: 60_000 }, () => {
     t.after(() => first.stop());
     const second = await startBeanstalkd();
     t.after(() => second.stop());
-    const config = postofficeConfigSchema.parse({
+    const config = postofficeConfigSchema.parse({ store: { url: testStoreUrl() },
       listen: { port: await freePort() },
       beanstalk: { servers: [first.address, second.address], tube: TUBE },
       clients: { [FQDN]: { key: KEY, senderDomains: ['example.com'] } },
@@ -198,7 +199,7 @@ describe('post office with two beanstalkd servers', { timeout: 60_000 }, () => {
 
   it('starts while beanstalkd is down, reports not ready, and puts into the configured tube once it is up', async (t) => {
     const port = await freePort();
-    const config = postofficeConfigSchema.parse({
+    const config = postofficeConfigSchema.parse({ store: { url: testStoreUrl() },
       listen: { port: await freePort() },
       beanstalk: { servers: [`127.0.0.1:${port}`], tube: TUBE },
       clients: { [FQDN]: { key: KEY, senderDomains: ['example.com'] } },

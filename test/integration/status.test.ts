@@ -12,6 +12,7 @@ import { startBeanstalkd, type BeanstalkdProcess } from '../helpers/beanstalkd.t
 import { freePort, waitFor } from '../helpers/ports.ts';
 import { startSmtpSink, type SmtpSink } from '../helpers/smtp-sink.ts';
 import { testWorkerConfig } from '../helpers/worker-config.ts';
+import { testStoreUrl } from '../helpers/store.ts';
 
 /**
  * GET /v1/messages/:id on a real post office, with a real worker delivering from a real
@@ -42,7 +43,7 @@ describe('message status route', { timeout: 90_000 }, () => {
   before(async () => {
     sink = await startSmtpSink({ script: { recipients: { 'later@slow.test': { code: 451, message: '4.3.0 try again later' } } } });
     beanstalkd = await startBeanstalkd();
-    const config = postofficeConfigSchema.parse({
+    const config = postofficeConfigSchema.parse({ store: { url: testStoreUrl() },
       listen: { host: '127.0.0.1', port: await freePort() },
       beanstalk: { servers: [beanstalkd.address] },
       clients: { [FQDN]: { key: KEY, senderDomains: ['example.com'] }, [OTHER_FQDN]: { key: OTHER_KEY, senderDomains: ['example.com'] } },
@@ -131,12 +132,26 @@ describe('message status route', { timeout: 90_000 }, () => {
     );
   });
 
-  it('answers 404 for a message delivered at its first attempt, an unknown id and another host, and 401 unsigned', async () => {
+  it('answers for a message delivered at its first attempt, from every post office and after a restart; 404 for an unknown id and another host, and 401 unsigned', async () => {
     const before = sink.messages.length;
     const id = await submit(['quick@ok.test']);
     await sink.waitForMessages(before + 1, 15_000);
-    await waitFor(async () => (await status(id)).status === 404, { timeoutMs: 10_000, what: 'the message to leave the queue' });
-    assert.equal((await status(id)).body.error, 'not_queued');
+    const done = await waitFor(async () => ((await status(id)).body.state === 'done' ? status(id) : undefined), { timeoutMs: 10_000, what: 'the message to be done' });
+    assert.deepEqual(recipientStates(done.body)['quick@ok.test']!.slice(0, 2), ['delivered', 250]);
+
+    // A second post office on the same store (another instance, or this one restarted) answers the same.
+    const second = await startPostoffice(postofficeConfigSchema.parse({ store: { url: testStoreUrl() }, listen: { host: '127.0.0.1', port: await freePort() }, beanstalk: { servers: [beanstalkd.address] }, clients: { [FQDN]: { key: KEY, senderDomains: ['example.com'] } } }), {
+      logger: pino({ level: 'silent' }),
+      registry: new Registry(),
+    });
+    try {
+      const path = `/v1/messages/${id}`;
+      const res = await fetch(`${second.url}${path}`, { headers: signRequest(KEY, { method: 'GET', path, fqdn: FQDN, body: '' }), signal: AbortSignal.timeout(10_000) });
+      assert.equal(res.status, 200);
+      assert.deepEqual(recipientStates((await res.json()) as Record<string, unknown>), recipientStates(done.body));
+    } finally {
+      await second.stop();
+    }
 
     sink.script = { recipients: { 'later@slow.test': { code: 451, message: '4.3.0 try again later' } } };
     const held = await submit(['later@slow.test']);

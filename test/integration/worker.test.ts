@@ -11,6 +11,7 @@ import { startBeanstalkd, type BeanstalkdProcess } from '../helpers/beanstalkd.t
 import { startDns, type DnsServer } from '../helpers/dns.ts';
 import { freePort, waitFor } from '../helpers/ports.ts';
 import { startSmtpSink, type SmtpSink } from '../helpers/smtp-sink.ts';
+import { testStoreUrl } from '../helpers/store.ts';
 
 /**
  * The worker as a whole: jobs from a real beanstalkd, MX from a real DNS server (dnsmasq),
@@ -44,7 +45,7 @@ describe('worker', { timeout: 90_000 }, () => {
     });
     beanstalkd = await startBeanstalkd({ maxJobSize: 1_048_576 });
 
-    const config = workerConfigSchema.parse({
+    const config = workerConfigSchema.parse({ store: { url: testStoreUrl() },
       beanstalk: { servers: [beanstalkd.address] },
       concurrency: 2,
       ehloName: 'worker.hedwig.test',
@@ -270,7 +271,7 @@ describe('worker shutdown', { timeout: 60_000 }, () => {
     t.after(() => client.close());
     await client.use(TUBE.outbound);
 
-    const config = workerConfigSchema.parse({
+    const config = workerConfigSchema.parse({ store: { url: testStoreUrl() },
       beanstalk: { servers: [beanstalkd.address] },
       concurrency: 1,
       routes: { 'hung.test': `${sink.host}:${sink.port}` },

@@ -36,7 +36,10 @@ describe('post office configuration', () => {
       legacy: { enabled: true, path: '/' },
       clients: {},
       trustProxy: false,
-      status: { enabled: true, tube: 'hedwig-status', retainSeconds: 86_400, maxEntries: 100_000 },
+      status: { enabled: true, tube: 'hedwig-status' },
+      store: { url: 'sqlite:data/hedwig.db', timeoutMs: 2000, historySeconds: 604_800, password: undefined },
+      storeBufferMaxEntries: 100_000,
+      suppression: { enabled: true, ttlSeconds: 2_592_000, exemptHosts: [], exemptSenderDomains: [], webhookTube: 'hedwig-events' },
     });
   });
 
