@@ -49,7 +49,7 @@ describe('webhook config', () => {
   it('has defaults that retry for a day', () => {
     const config = webhookConfig(base);
     assert.equal(config.maxAgeSeconds, 86_400);
-    assert.deepEqual(config.events, ['delivered', 'deferred', 'bounced', 'expired']);
+    assert.deepEqual(config.events, ['delivered', 'deferred', 'bounced', 'expired', 'suppressed']);
     assert.equal(config.hashRecipients, false);
     assert.equal(config.tube, 'hedwig-events');
   });
