@@ -29,6 +29,7 @@ export type FivebeansCommand =
   | 'watch'
   | 'ignore'
   | 'reserve_with_timeout'
+  | 'reserve_job'
   | 'destroy'
   | 'release'
   | 'bury'
@@ -51,6 +52,20 @@ export type FivebeansCommand =
 const FivebeansClientClass = createRequire(import.meta.url)('fivebeans/lib/client.js') as new (host: string, port: number) => FivebeansClient;
 
 function sendFivebeans(client: FivebeansClient, command: FivebeansCommand, args: unknown[], callback: FivebeansCallback): void {
+  if (command === 'reserve_job') {
+    // beanstalkd 1.12's `reserve-job <id>` is newer than fivebeans 1.5, whose command table and
+    // reply parser are private. It answers exactly like reserve-with-timeout (RESERVED <id>
+    // <bytes>, or NOT_FOUND), so send that command through fivebeans with its written line
+    // swapped: fivebeans queues the right reply handler, the server sees reserve-job.
+    const stream = client.stream!;
+    const write = stream.write;
+    stream.write = ((_chunk: unknown, ...rest: unknown[]) => {
+      stream.write = write;
+      return (write as (...a: unknown[]) => boolean).call(stream, `reserve-job ${String(args[0])}\r\n`, ...rest);
+    }) as typeof stream.write;
+    (client as unknown as Record<string, (...a: unknown[]) => void>).reserve_with_timeout!(0, callback);
+    return;
+  }
   (client as unknown as Record<FivebeansCommand, (...a: unknown[]) => void>)[command](...args, callback);
 }
 

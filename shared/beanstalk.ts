@@ -230,6 +230,22 @@ export class BeanstalkClient extends EventEmitter {
     }
   }
 
+  /**
+   * Reserves one job by id (beanstalkd 1.12 `reserve-job`), whether it is ready, delayed or
+   * buried; resolves null when it does not exist or another connection has it reserved.
+   * The reservation belongs to this connection like any other (release/bury/delete on it).
+   */
+  async reserveJob(id: string): Promise<ReservedJob | null> {
+    const connection = this.requireConnection();
+    try {
+      const [jobId, payload] = await connection.command('reserve_job', [checkJobId(id)], this.commandTimeoutMs);
+      return this.reservedJob(connection, String(jobId), payload as Buffer);
+    } catch (err) {
+      if (err instanceof BeanstalkError && err.code === 'NOT_FOUND') return null;
+      throw err;
+    }
+  }
+
   async peek(id: string): Promise<{ id: string; payload: Buffer } | null> {
     return this.peekWith('peek', [checkJobId(id)]);
   }

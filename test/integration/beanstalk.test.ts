@@ -200,6 +200,22 @@ describe('BeanstalkClient against a running beanstalkd', () => {
     assert.ok((await client.listTubes()).includes('listed'));
   });
 
+  test('reserveJob takes a delayed or buried job by id on this connection, and not one another connection holds', TEST_TIMEOUT, async (t) => {
+    const client = await clientFor(t, server);
+    const other = await clientFor(t, server);
+    await client.use('by-id');
+    const delayed = await client.put(Buffer.from('later'), { delaySeconds: 600 });
+    const job = await client.reserveJob(delayed);
+    assert.equal(job?.payload.toString(), 'later');
+    await job!.bury(7);
+    assert.equal((await client.statsJob(delayed)).state, 'buried');
+    const again = await other.reserveJob(delayed);
+    assert.ok(again, 'a buried job can be reserved by id too');
+    assert.equal(await client.reserveJob(delayed), null, 'another connection holds it');
+    assert.equal(await client.reserveJob('999999'), null, 'no such job');
+    await again!.delete();
+  });
+
   test('a put whose reply is already in the socket when a frozen process wakes up past its timer is answered, not timed out', TEST_TIMEOUT, async (t) => {
     const client = await clientFor(t, server, { commandTimeoutMs: 200 });
     await client.use('frozen');
