@@ -30,7 +30,13 @@ export const mailmanConfigSchema = z
     maxMessageBytes: positiveInt.default(10_485_760),
     maxRecipients: positiveInt.default(100),
     maxClients: positiveInt.default(100),
+    // Every program of an app host usually connects from 127.0.0.1 (each container from its own
+    // docker0 address): a fifth of maxClients keeps one stuck program from locking out the rest.
+    maxClientsPerAddress: positiveInt.default(20),
     socketTimeoutMs: positiveInt.default(60_000),
+    // Whole-message deadline from DATA to the final dot (RFC 5321 §4.5.3.2 gives 3 minutes per
+    // data block and 10 for the reply): socketTimeoutMs alone never cuts a client that trickles.
+    dataTimeoutMs: positiveInt.default(300_000),
     // STARTTLS only with the operator's own certificate: smtp-server's built-in one has a published private key.
     tls: z
       .object({ cert: z.string().min(1).optional(), key: z.string().min(1).optional() })

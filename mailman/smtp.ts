@@ -1,12 +1,13 @@
 import { readFileSync } from 'node:fs';
 import type { AddressInfo } from 'node:net';
-import { SMTPServer, type SMTPServerDataStream, type SMTPServerSession } from 'smtp-server';
+import type { SMTPServer, SMTPServerDataStream, SMTPServerSession } from 'smtp-server';
 import { isValidMailbox } from '../shared/address.ts';
 import { HedwigError, errorCode, errorMessage } from '../shared/errors.ts';
 import type { Logger } from '../shared/logger.ts';
 import type { MailmanConfig } from './config.ts';
 import type { MailmanMetrics } from './metrics.ts';
 import { createNetworkMatcher } from './networks.ts';
+import { MailmanSmtpServer } from './smtp-connection.ts';
 import type { InlineAttempt } from './forwarder.ts';
 import type { ForwardResult, PostofficeClient } from './postoffice-client.ts';
 import { newSpoolId, type Spool } from './spool.ts';
@@ -53,6 +54,12 @@ export function smtpError(responseCode: number, text: string): SmtpReplyError {
 }
 
 const CONTROL_CHARS = /[\x00-\x1f\x7f]+/g;
+/** After a 554 greeting, at most this long to wait for QUIT (or socketTimeoutMs if shorter). */
+const REFUSED_WAIT_MS = 10_000;
+
+function asciiOnly(text: string): boolean {
+  return /^[\x00-\x7f]*$/.test(text);
+}
 
 function replyDetail(text: string): string {
   return text.replace(CONTROL_CHARS, ' ').trim().slice(0, 200);
@@ -137,7 +144,14 @@ export function createSmtpServer(deps: SmtpDependencies): SMTPServer {
     return `2.0.0 Ok: queued as ${id} (spooled)`;
   }
 
-  const server = new SMTPServer({
+  // Sessions per client address, so one program cannot hold every one of maxClients.
+  const perAddress = new Map<string, number>();
+  const counted = new Set<string>();
+  const addressOf = (session: SMTPServerSession): string => session.remoteAddress.replace(/^::ffff:(?=\d+\.)/i, '');
+  const connectionOf = (session: SMTPServerSession) => [...server.connections].find((c) => c.id === session.id);
+
+  const server: MailmanSmtpServer = new MailmanSmtpServer(
+    {
     name: config.hostname,
     banner: 'hedwig mailman',
     size: config.maxMessageBytes,
@@ -160,16 +174,42 @@ export function createSmtpServer(deps: SmtpDependencies): SMTPServer {
     logger: false,
 
     onConnect(session, callback) {
-      if (isAllowed(session.remoteAddress)) return callback();
-      callback(reject('network_not_allowed', { sessionId: session.id, remoteAddress: session.remoteAddress }, smtpError(554, '5.7.1 Client host rejected: access denied')));
+      if (!isAllowed(session.remoteAddress)) {
+        return callback(reject('network_not_allowed', { sessionId: session.id, remoteAddress: session.remoteAddress }, smtpError(554, '5.7.1 Client host rejected: access denied')));
+      }
+      const address = addressOf(session);
+      const open = perAddress.get(address) ?? 0;
+      if (open >= config.maxClientsPerAddress) {
+        return callback(
+          reject('too_many_sessions_from_address', { sessionId: session.id, remoteAddress: address, limit: config.maxClientsPerAddress }, smtpError(421, '4.7.0 Too many connections from your address, try again later')),
+        );
+      }
+      perAddress.set(address, open + 1);
+      counted.add(session.id);
+      callback();
+    },
+
+    onClose(session) {
+      if (!counted.delete(session.id)) return;
+      const address = addressOf(session);
+      const open = (perAddress.get(address) ?? 1) - 1;
+      if (open > 0) perAddress.set(address, open);
+      else perAddress.delete(address);
     },
 
     onMailFrom(address, session, callback) {
+      // RFC 6531 §3.4: a UTF-8 address only in a transaction that declared SMTPUTF8.
+      if (!asciiOnly(address.address) && !(address.args && (address.args as Record<string, unknown>).SMTPUTF8 === true)) {
+        return callback(reject('utf8_without_smtputf8', { sessionId: session.id }, smtpError(553, '5.6.7 Non-ASCII address without SMTPUTF8')));
+      }
       if (address.address === '' || isValidMailbox(address.address)) return callback();
       callback(reject('invalid_sender', { sessionId: session.id }, smtpError(553, '5.1.7 Bad sender address syntax')));
     },
 
     onRcptTo(address, session, callback) {
+      if (!asciiOnly(address.address) && !session.envelope.smtpUtf8) {
+        return callback(reject('utf8_without_smtputf8', { sessionId: session.id }, smtpError(553, '5.6.7 Non-ASCII address without SMTPUTF8')));
+      }
       if (!isValidMailbox(address.address)) {
         return callback(reject('invalid_recipient', { sessionId: session.id }, smtpError(553, '5.1.3 Bad recipient address syntax')));
       }
@@ -182,6 +222,14 @@ export function createSmtpServer(deps: SmtpDependencies): SMTPServer {
     },
 
     onData(stream: SMTPServerDataStream, session, callback) {
+      // One deadline for the whole message: socketTimeoutMs is an idle timer, which a client
+      // that trickles a byte now and then never meets.
+      const deadline = setTimeout(() => {
+        reject('data_timeout', { sessionId: session.id, limitMs: config.dataTimeoutMs, received: stream.byteLength }, smtpError(421, '4.4.2 Message not complete in time'));
+        connectionOf(session)?.send(421, '4.4.2 Message not complete in time, closing connection', false);
+      }, config.dataTimeoutMs);
+      deadline.unref();
+      stream.once('close', () => clearTimeout(deadline));
       const chunks: Buffer[] = [];
       stream.on('data', (chunk: Buffer) => {
         // Keep reading an oversized message to the end (the client only listens for a
@@ -190,6 +238,7 @@ export function createSmtpServer(deps: SmtpDependencies): SMTPServer {
         else chunks.push(chunk);
       });
       stream.once('end', () => {
+        clearTimeout(deadline);
         if (stream.sizeExceeded) {
           return callback(
             reject('message_too_large', { sessionId: session.id, size: stream.byteLength, limit: config.maxMessageBytes }, smtpError(552, '5.3.4 Message size exceeds fixed maximum message size')),
@@ -205,7 +254,9 @@ export function createSmtpServer(deps: SmtpDependencies): SMTPServer {
         );
       });
     },
-  });
+    },
+    { maxMessageBytes: config.maxMessageBytes, refusedWaitMs: Math.min(config.socketTimeoutMs, REFUSED_WAIT_MS) },
+  );
 
   server.on('error', (err: Error) => {
     // Per-connection socket errors (resets, timeouts) land here too; they end one session, not the server.
