@@ -34,6 +34,7 @@ export const ERROR_CODES = {
 
   // worker.
   DKIM_SIGN_FAILED: 'a message that should be signed came out of the signer without a DKIM-Signature',
+  EIGHTBIT_UNCONVERTIBLE: 'an 8-bit message for a server without 8BITMIME that cannot be converted to 7 bit (8-bit header, or 8-bit bytes in a quoted-printable or base64 part)',
   DNS_TIMEOUT: 'a DNS query the worker sends itself (DANE: TLSA and DNSSEC status) got no answer in time',
   DNS_ERROR: 'such a DNS query failed otherwise (unreachable server, unreadable answer)',
 

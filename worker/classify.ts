@@ -90,6 +90,17 @@ const ERRORS_WITHOUT_REPLY: Record<string, AttemptOutcome> = {
   EMESSAGE: 'bounced', // the client refused the message (e.g. larger than the server's SIZE)
 };
 
+/**
+ * The client refusing to send (no server reply to quote): RFC 3463 codes, and the reason
+ * without nodemailer's internal code name, so a bounce reads like a mail system's.
+ */
+const CLIENT_REFUSALS: Array<{ code: string; match: RegExp; enhanced: string }> = [
+  { code: 'EMESSAGE', match: /size larger than allowed/i, enhanced: '5.3.4' }, // message too big for the system
+  { code: 'EMESSAGE', match: /./, enhanced: '5.6.0' }, // other media error
+  { code: 'EENVELOPE', match: /sender/i, enhanced: '5.1.7' }, // bad sender mailbox address syntax
+  { code: 'EENVELOPE', match: /./, enhanced: '5.1.3' }, // bad destination mailbox address syntax
+];
+
 const ENHANCED_CODE = /^\d{3}[ -]([245]\.\d{1,3}\.\d{1,3})(?=\s|$)/;
 
 /**
@@ -128,6 +139,10 @@ export function classifyError(err: unknown): Verdict {
   const reply = response !== undefined ? parseReply(response, stage) : undefined;
   if (reply) return classifyReply(reply);
   const code = errorCode(err) ?? 'EUNKNOWN';
+  const refusal = CLIENT_REFUSALS.find((r) => r.code === code && r.match.test(errorMessage(err)));
+  if (refusal) {
+    return { outcome: 'bounced', greylisted: false, enhancedCode: refusal.enhanced, response: boundedResponse(`${refusal.enhanced} hedwig refused to send it: ${errorMessage(err)}`) };
+  }
   return {
     // Unknown errors are retried: a wrong deferral costs a delay, a wrong bounce loses mail.
     outcome: ERRORS_WITHOUT_REPLY[code] ?? 'deferred',

@@ -8,6 +8,8 @@ import type { MxHost } from './route.ts';
 import type { SessionTimeouts } from './smtp-session.ts';
 import { createSourceSelector, type SourceSelector, type SourceSettings } from './source-ip.ts';
 import { createTlsPolicy, type TlsPolicy, type TlsPolicySettings } from './tls-policy.ts';
+import { deliveryBound, type DeliveryBound } from './delivery-bound.ts';
+import { has8bit } from './seven-bit.ts';
 import { runTransaction, type TransactionMessage } from './transaction.ts';
 
 /**
@@ -84,6 +86,9 @@ interface Delivery {
   request: DeliveryRequest;
   /** Aborted on shutdown, or when the delivery has taken `deliveryMs`. */
   signal: AbortSignal | undefined;
+  /** Whether the prepared message has 8-bit bytes, and its 7-bit version once a server without 8BITMIME asked for it. */
+  eightBit: boolean;
+  sevenBit?: Promise<TransactionMessage | Verdict>;
   message: TransactionMessage;
   bucket: LimitBucket;
   /** `domain/selector` of the DKIM signature, for the log. */
@@ -108,6 +113,37 @@ export function createDeliverer(options: DelivererOptions): Deliverer {
   });
   options.signal?.addEventListener('abort', () => pool.closeIdle(), { once: true });
 
+  function prepare(request: DeliveryRequest, sevenBit: boolean) {
+    const queued = {
+      messageId: request.messageId,
+      from: request.from,
+      raw: request.raw,
+      receivedAt: request.receivedAt ?? now(),
+      submittedBy: request.submittedBy,
+      now: now(),
+      notice: request.notice,
+      senderDomains: request.senderDomains,
+    };
+    return prepareMessage(queued, outgoing, { sevenBit });
+  }
+
+  /**
+   * The message for a server without 8BITMIME (RFC 6152 §3): prepared again with its 8-bit
+   * parts re-encoded, then signed; once per delivery. A message that cannot be converted
+   * bounces with 5.6.3 (RFC 3463: conversion required but not supported).
+   */
+  function sevenBitVersion(delivery: Delivery): Promise<TransactionMessage | Verdict> {
+    delivery.sevenBit ??= prepare(delivery.request, true).then((prepared) => {
+      if (prepared.ok) return { ...delivery.message, raw: prepared.raw };
+      if (prepared.code === 'EIGHTBIT_UNCONVERTIBLE') {
+        return { outcome: 'bounced', greylisted: false, enhancedCode: '5.6.3', response: `5.6.3 the receiving server does not offer 8BITMIME and the message cannot be converted to 7 bit: ${prepared.message}` };
+      }
+      delivery.log.error({ event: 'prepare_failed', code: prepared.code, reason: prepared.message }, 'message not sent');
+      return ownVerdict('deferred', prepared.message, { code: 451, enhanced: '4.3.0' });
+    });
+    return delivery.sevenBit;
+  }
+
   /** One MX address: a ready connection, a message slot, the transaction; once more on a new connection when a kept one was found closed. */
   async function atAddress(delivery: Delivery, target: ConnectionTarget): Promise<AtAddress> {
     const { host, address, source } = target;
@@ -122,11 +158,16 @@ export function createDeliverer(options: DelivererOptions): Deliverer {
         return { verdict: slot.verdict, stop: true };
       }
       const { session } = pooled;
+      const message = session.supports8BitMime === false && delivery.eightBit ? await sevenBitVersion(delivery) : delivery.message;
+      if ('outcome' in message) {
+        pool.give(pooled);
+        return { results: forRecipients(delivery.request.recipients, message, host.name) };
+      }
       const stopClosing = session.closeOnAbort(delivery.signal);
       let outcome;
       try {
         options.onTransaction?.({ tls: session.secure, dkimSigned: delivery.signedBy !== undefined, reused });
-        outcome = await runTransaction(pooled, pool, delivery.message, { mx: host.name, resetTimeoutMs: options.timeouts.rsetMs ?? options.timeouts.greetingMs });
+        outcome = await runTransaction(pooled, pool, message, { mx: host.name, resetTimeoutMs: options.timeouts.rsetMs ?? options.timeouts.greetingMs });
       } finally {
         stopClosing();
       }
@@ -164,19 +205,7 @@ export function createDeliverer(options: DelivererOptions): Deliverer {
   return {
     async deliver(request: DeliveryRequest): Promise<RecipientResult[]> {
       const log = options.logger.child({ messageId: request.messageId, domain: request.domain });
-      const prepared = await prepareMessage(
-        {
-          messageId: request.messageId,
-          from: request.from,
-          raw: request.raw,
-          receivedAt: request.receivedAt ?? now(),
-          submittedBy: request.submittedBy,
-          now: now(),
-          notice: request.notice,
-          senderDomains: request.senderDomains,
-        },
-        outgoing,
-      );
+      const prepared = await prepare(request, false);
       if (!prepared.ok) {
         // Unsigned mail from a domain that publishes DKIM would fail DMARC: keep it queued and say why.
         log.error({ event: 'prepare_failed', code: prepared.code, reason: prepared.message }, 'message not sent');
@@ -202,7 +231,7 @@ export function createDeliverer(options: DelivererOptions): Deliverer {
   /** The delivery itself, under its overall bound: each MX address in turn until one gives verdicts. */
   async function deliverWithin(request: DeliveryRequest, prepared: { raw: Buffer; signedBy?: Array<{ domain: string; selector: string }> }, bucket: LimitBucket): Promise<RecipientResult[]> {
     const deliveryMs = options.timeouts.deliveryMs;
-    const bound = deliveryBound(deliveryMs);
+    const bound = deliveryBound(deliveryMs, options.signal);
     try {
       return await deliverUntil(request, prepared, bucket, bound);
     } finally {
@@ -210,38 +239,11 @@ export function createDeliverer(options: DelivererOptions): Deliverer {
     }
   }
 
-  /**
-   * The signal of one delivery: shutdown, or `deliveryMs` passed. One controller and timer
-   * per delivery, dropped at its end (AbortSignal.any would tie a listener per delivery to
-   * the long-lived shutdown signal until the garbage collector runs).
-   */
-  function deliveryBound(deliveryMs: number | undefined): { signal: AbortSignal | undefined; overdue: () => boolean; end: () => void } {
-    if (deliveryMs === undefined) return { signal: options.signal, overdue: () => false, end: () => {} };
-    const controller = new AbortController();
-    let overdue = false;
-    const timer = setTimeout(() => {
-      overdue = true;
-      controller.abort();
-    }, deliveryMs);
-    timer.unref();
-    const onShutdown = () => controller.abort();
-    if (options.signal?.aborted) controller.abort();
-    else options.signal?.addEventListener('abort', onShutdown, { once: true });
-    return {
-      signal: controller.signal,
-      overdue: () => overdue,
-      end: () => {
-        clearTimeout(timer);
-        options.signal?.removeEventListener('abort', onShutdown);
-      },
-    };
-  }
-
   async function deliverUntil(
     request: DeliveryRequest,
     prepared: { raw: Buffer; signedBy?: Array<{ domain: string; selector: string }> },
     bucket: LimitBucket,
-    bound: { signal: AbortSignal | undefined; overdue: () => boolean },
+    bound: DeliveryBound,
   ): Promise<RecipientResult[]> {
     const { signal } = bound;
     const deliveryMs = options.timeouts.deliveryMs;
@@ -250,6 +252,7 @@ export function createDeliverer(options: DelivererOptions): Deliverer {
       request,
       signal,
       message: { from: request.from, recipients: request.recipients, raw: prepared.raw },
+      eightBit: has8bit(prepared.raw),
       bucket,
       signedBy: prepared.signedBy ? prepared.signedBy.map((s) => `${s.domain}/${s.selector}`).join(',') : undefined,
       log: options.logger.child({ messageId: request.messageId, domain: request.domain }),

@@ -4,6 +4,7 @@ import { comparableDomain, fieldAddresses } from '../shared/header-addresses.ts'
 import { domainAllowed } from '../shared/job.ts';
 import { keysFor, signMessage, type DkimKey, type DkimKeys } from './dkim.ts';
 import { editHeaders, normalizeLineEnds, splitMessage } from './headers.ts';
+import { convertTo7bit } from './seven-bit.ts';
 
 /**
  * What the worker does to a message before it goes out: normalize line ends, edit the
@@ -44,7 +45,7 @@ export interface QueuedMessage {
 
 export type Prepared =
   | { ok: true; raw: Buffer; signedBy?: Array<{ domain: string; selector: string; algorithm: DkimKey['algorithm'] }> }
-  | Failed<'DKIM_SIGN_FAILED'>;
+  | Failed<'DKIM_SIGN_FAILED' | 'EIGHTBIT_UNCONVERTIBLE'>;
 
 export function signingDomainOf(from: string, settings: Pick<OutgoingSettings, 'hostname' | 'nullSenderDomain'>): string {
   return from === '' ? (settings.nullSenderDomain ?? settings.hostname) : domainOf(from);
@@ -79,13 +80,20 @@ export function outgoingSettingsFrom(config: { ehloName: string; noticesFrom: st
   return { hostname: config.ehloName, dkim: config.dkim, nullSenderDomain: domainOf(config.noticesFrom), received: config.received };
 }
 
-export async function prepareMessage(message: QueuedMessage, settings: OutgoingSettings): Promise<Prepared> {
-  const edited = editHeaders(normalizeLineEnds(message.raw), {
+/**
+ * `sevenBit`: for a server without 8BITMIME, 8-bit parts are re-encoded (seven-bit.ts)
+ * after the header edits and before signing, so the signature covers what is sent.
+ */
+export async function prepareMessage(message: QueuedMessage, settings: OutgoingSettings, options: { sevenBit?: boolean } = {}): Promise<Prepared> {
+  const headed = editHeaders(normalizeLineEnds(message.raw), {
     messageId: message.messageId,
     messageIdDomain: signingDomainOf(message.from, settings),
     receivedAt: message.receivedAt,
     ...(settings.received ? { received: { submittedBy: message.submittedBy ?? 'unknown', by: settings.hostname, at: message.now } } : {}),
   });
+  const converted = options.sevenBit ? convertTo7bit(headed) : { ok: true as const, raw: headed };
+  if (!converted.ok) return converted;
+  const edited = converted.raw;
   const keys = signingKeysFor({ ...message, raw: edited }, settings);
   if (keys.length === 0) return { ok: true, raw: edited };
   const signed = await signMessage(edited, keys);

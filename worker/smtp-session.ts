@@ -277,6 +277,12 @@ export class SmtpSession {
     return Array.isArray(extensions) ? extensions.includes('SMTPUTF8') : undefined;
   }
 
+  /** Whether the server offered 8BITMIME in EHLO; undefined when that cannot be read. */
+  get supports8BitMime(): boolean | undefined {
+    const extensions = this.#internals._supportedExtensions;
+    return Array.isArray(extensions) ? extensions.includes('8BITMIME') : undefined;
+  }
+
   /** The local address of the socket: the source IP the receiver sees. */
   get localAddress(): string | undefined {
     const socket = this.#internals._socket;

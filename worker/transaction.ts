@@ -62,6 +62,15 @@ export async function runTransaction(
       return { kind: 'results', results };
     }
   }
+  // RFC 1870: the server said in EHLO how large a message it takes. nodemailer would refuse
+  // locally with its own error code; the bounce should carry RFC 3463's 5.3.4 and name what
+  // the server announced.
+  const limit = session.maxMessageSize;
+  if (limit !== undefined && message.raw.length > limit) {
+    pool.give(pooled);
+    const verdict = ownVerdict('bounced', `message of ${message.raw.length} bytes exceeds the fixed maximum message size of ${mx} (its EHLO reply: 250 SIZE ${limit})`, { code: 552, enhanced: '5.3.4' });
+    return { kind: 'results', results: [...results, ...recipients.map((recipient) => ({ recipient, mx, ...verdict }))] };
+  }
   const reused = pooled.messages > 0;
   pooled.messages++;
   const repliesBefore = session.repliesReceived;

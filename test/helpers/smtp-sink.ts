@@ -71,6 +71,8 @@ export interface SmtpSinkOptions {
   tlsMaxVersion?: 'TLSv1' | 'TLSv1.1' | 'TLSv1.2' | 'TLSv1.3';
   /** Advertised SIZE limit in bytes; larger messages get 552. */
   size?: number;
+  /** Leave 8BITMIME out of the EHLO reply (the data is still taken as sent, so a test sees what arrived). */
+  hide8BITMIME?: boolean;
 }
 
 export interface SmtpSink {
@@ -138,6 +140,7 @@ export async function startSmtpSink(options: SmtpSinkOptions = {}): Promise<Smtp
     disabledCommands: options.starttls ? ['AUTH'] : ['AUTH', 'STARTTLS'],
     closeTimeout: 500,
     ...(options.size ? { size: options.size } : {}),
+    ...(options.hide8BITMIME ? { hide8BITMIME: true } : {}),
     onConnect(_session, callback) {
       connections++;
       open++;

@@ -76,3 +76,22 @@ describe('classify: client errors', () => {
     assert.equal(classifyError(undefined).outcome, 'deferred');
   });
 });
+
+describe('classify: the client refusing to send', () => {
+  it('maps refusals without a server reply to RFC 3463 codes, without nodemailer error names in the reason', () => {
+    const cases: Array<[string, string, string]> = [
+      ['EMESSAGE', 'Message size larger than allowed 1000', '5.3.4'],
+      ['EMESSAGE', 'Empty message', '5.6.0'],
+      ['EENVELOPE', 'Invalid sender "a\\r\\nb"', '5.1.7'],
+      ['EENVELOPE', 'Invalid recipient "x"', '5.1.3'],
+    ];
+    for (const [code, message, enhanced] of cases) {
+      const verdict = classifyError(Object.assign(new Error(message), { code }));
+      assert.equal(verdict.outcome, 'bounced', message);
+      assert.equal(verdict.enhancedCode, enhanced, message);
+      assert.equal(verdict.responseCode, undefined, 'no server reply');
+      assert.ok(verdict.response.startsWith(`${enhanced} hedwig refused to send it: `), verdict.response);
+      assert.doesNotMatch(verdict.response, /EMESSAGE|EENVELOPE/);
+    }
+  });
+});
