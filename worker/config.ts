@@ -12,7 +12,7 @@ import { bouncesSchema } from './notices.ts';
 import { connectionsSchema } from './pool.ts';
 import { dnsSchema, routesSchema } from './route.ts';
 import { retrySchema } from './settle.ts';
-import { timeoutsSchema } from './smtp-session.ts';
+import { timeoutsSchema } from './smtp-timeouts.ts';
 import { sourceSchema } from './source-ip.ts';
 import { loadTrustAnchors, tlsSchema } from './tls-policy.ts';
 import { tlsRptSchema } from './tls-rpt.ts';

@@ -3,7 +3,8 @@ import { ownVerdict, type Verdict } from './classify.ts';
 import { asksToBackOff, type LimitBucket, type Limiter } from './limits.ts';
 import type { ConnectionPool, PooledConnection } from './pool.ts';
 import type { MxHost } from './route.ts';
-import { SmtpSession, type SessionOptions, type SessionTimeouts, type SmtpFailure } from './smtp-session.ts';
+import { SmtpSession, type SessionOptions, type SmtpFailure } from './smtp-session.ts';
+import type { SessionTimeouts } from './smtp-timeouts.ts';
 import type { Source } from './source-ip.ts';
 import type { TlsDecision, TlsPolicy, TlsTarget } from './tls-policy.ts';
 

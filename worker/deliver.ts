@@ -5,7 +5,7 @@ import { asksToBackOff, type LimitBucket, type Limiter } from './limits.ts';
 import { prepareMessage, signingDomainOf, type OutgoingSettings } from './outgoing.ts';
 import { createConnectionPool, type ConnectionPool, type PoolSettings } from './pool.ts';
 import type { MxHost } from './route.ts';
-import type { SessionTimeouts } from './smtp-session.ts';
+import type { SessionTimeouts } from './smtp-timeouts.ts';
 import { createSourceSelector, type SourceSelector, type SourceSettings } from './source-ip.ts';
 import { createTlsPolicy, type TlsPolicy, type TlsPolicySettings } from './tls-policy.ts';
 import { deliveryBound, type DeliveryBound } from './delivery-bound.ts';

@@ -1,7 +1,7 @@
 import { X509Certificate } from 'node:crypto';
 import type { ConnectionOptions } from 'node:tls';
 import SMTPConnection from 'nodemailer/lib/smtp-connection';
-import { z } from 'zod';
+import { COMMAND_DEADLINES, commandOf, deadlineOf, type CommandDeadlines, type SessionTimeouts } from './smtp-timeouts.ts';
 
 /**
  * One SMTP session with one receiving server: the only module that touches nodemailer's
@@ -13,53 +13,11 @@ import { z } from 'zod';
  * (ECONNECTION, ETIMEDOUT, EENVELOPE, EMESSAGE, ...), and when the server answered,
  * `response`, `responseCode` and `command` (the command it answered). classify.ts reads
  * exactly these.
+ *
+ * Longer than 300 lines on purpose: being the one place that reaches into nodemailer's
+ * internals (extensions, socket, certificates, the command and reply funnels the deadlines
+ * hook) is the point of this file; the deadline values themselves are in smtp-timeouts.ts.
  */
-
-/**
- * How long a command may wait for its complete reply: deadlines, not idle timers, so a
- * server that answers one byte at a time (a tarpit) cannot hold a session beyond them.
- * The defaults are RFC 5321 §4.5.3.2's (MAIL, RCPT 5 min, DATA initiation 2 min, DATA
- * termination 10 min) and Postfix's smtp_*_timeout for the others (helo, starttls, quit
- * 300 s, rset 20 s).
- */
-export const COMMAND_DEADLINES = {
-  heloMs: 300_000,
-  starttlsMs: 300_000,
-  mailMs: 300_000,
-  rcptMs: 300_000,
-  dataInitMs: 120_000,
-  /** From the 354 to the reply after the final dot: writing the message and the server's verdict. */
-  dataDoneMs: 600_000,
-  rsetMs: 20_000,
-  quitMs: 300_000,
-} as const;
-export type CommandDeadlines = { [K in keyof typeof COMMAND_DEADLINES]: number };
-
-const deadline = (ms: number) => z.number().int().positive().default(ms);
-
-/** `timeouts`: how long a session may wait for the receiving server, and a delivery in all. */
-export const timeoutsSchema = z
-  .object({
-    connectMs: z.number().int().positive().default(30_000),
-    greetingMs: z.number().int().positive().default(30_000),
-    /** Idle time on the socket (nothing received) before the session is given up. */
-    socketMs: z.number().int().positive().default(300_000),
-    heloMs: deadline(COMMAND_DEADLINES.heloMs),
-    starttlsMs: deadline(COMMAND_DEADLINES.starttlsMs),
-    mailMs: deadline(COMMAND_DEADLINES.mailMs),
-    rcptMs: deadline(COMMAND_DEADLINES.rcptMs),
-    dataInitMs: deadline(COMMAND_DEADLINES.dataInitMs),
-    dataDoneMs: deadline(COMMAND_DEADLINES.dataDoneMs),
-    rsetMs: deadline(COMMAND_DEADLINES.rsetMs),
-    quitMs: deadline(COMMAND_DEADLINES.quitMs),
-    /** One delivery to one domain in all: every MX address, connection and transaction (deliver.ts). */
-    deliveryMs: deadline(900_000),
-  })
-  .strict()
-  .prefault({});
-
-/** What a session needs; the command deadlines default to COMMAND_DEADLINES. */
-export type SessionTimeouts = { connectMs: number; greetingMs: number; socketMs: number } & Partial<CommandDeadlines>;
 
 export interface SmtpFailure {
   message: string;
@@ -128,36 +86,6 @@ interface ConnectionInternals {
   _processResponse: () => unknown;
   _responseQueue: string[];
   _onError: (err: Error, type: string, data: unknown, command: string) => void;
-}
-
-/** The command a line sends, as nodemailer's errors name it. */
-function commandOf(line: string): string {
-  const verb = line.slice(0, 4).toUpperCase();
-  if (verb === 'MAIL') return 'MAIL FROM';
-  if (verb === 'RCPT') return 'RCPT TO';
-  return line.split(' ', 1)[0]!.toUpperCase();
-}
-
-function deadlineOf(command: string, deadlines: CommandDeadlines): number {
-  switch (command) {
-    case 'MAIL FROM':
-      return deadlines.mailMs;
-    case 'RCPT TO':
-      return deadlines.rcptMs;
-    case 'DATA':
-      return deadlines.dataInitMs;
-    case 'end of data':
-    case '.':
-      return deadlines.dataDoneMs;
-    case 'STARTTLS':
-      return deadlines.starttlsMs;
-    case 'RSET':
-      return deadlines.rsetMs;
-    case 'QUIT':
-      return deadlines.quitMs;
-    default:
-      return deadlines.heloMs;
-  }
 }
 
 /** A reply nodemailer is about to consume: non-blank and not a continuation line (its isPartialResponse). */
