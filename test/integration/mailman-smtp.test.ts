@@ -26,7 +26,7 @@ describe('mailman: the greeting', () => {
 
 describe('mailman: replies smtp-server would give otherwise (README table)', () => {
   it('answers an unqualified RCPT TO:<root> 553 5.1.3 (not 501), and SIZE= over the limit at MAIL FROM 552 5.3.4', async () => {
-    const h = await startHarness({ env: { MAILMAN_MAX_MESSAGE_BYTES: '1000' } });
+    const h = await startHarness({ env: { HEDWIG_MAILMAN__MAX_MESSAGE_BYTES: '1000' } });
     const dialog = await SmtpDialog.open(h.mailman.port);
     assert.match(await dialog.reply(), /^220 /);
     await dialog.command('EHLO client.test');
@@ -59,7 +59,7 @@ describe('mailman: replies smtp-server would give otherwise (README table)', () 
   });
 
   it('after a 554 greeting waits for QUIT only so long: a client that says nothing is closed', async () => {
-    const h = await startHarness({ env: { MAILMAN_ALLOWED_NETWORKS: '[127.0.0.2/32]', MAILMAN_SOCKET_TIMEOUT_MS: '1000' } });
+    const h = await startHarness({ env: { HEDWIG_MAILMAN__ALLOWED_NETWORKS: '[127.0.0.2/32]', HEDWIG_MAILMAN__SOCKET_TIMEOUT_MS: '1000' } });
     const dialog = await SmtpDialog.open(h.mailman.port, '127.0.0.1', '127.0.0.1');
     assert.match(await dialog.reply(), /^554 5\.7\.1 /);
     assert.equal(await dialog.command('NOOP'), '503 5.5.1 Bad sequence of commands');
@@ -69,7 +69,7 @@ describe('mailman: replies smtp-server would give otherwise (README table)', () 
 
 describe('mailman: one client cannot lock out the others', () => {
   it('limits sessions per client address (maxClientsPerAddress): 20 trickling sessions from one address leave room for another client', async () => {
-    const h = await startHarness({ env: { MAILMAN_MAX_CLIENTS: '20', MAILMAN_MAX_CLIENTS_PER_ADDRESS: '5' } });
+    const h = await startHarness({ env: { HEDWIG_MAILMAN__MAX_CLIENTS: '20', HEDWIG_MAILMAN__MAX_CLIENTS_PER_ADDRESS: '5' } });
     const hogs: SmtpDialog[] = [];
     const greetings: string[] = [];
     for (let i = 0; i < 20; i++) {
@@ -94,7 +94,7 @@ describe('mailman: one client cannot lock out the others', () => {
   });
 
   it('cuts a message that is not complete within dataTimeoutMs (421 4.4.2), however steadily it trickles', async () => {
-    const h = await startHarness({ env: { MAILMAN_DATA_TIMEOUT_MS: '500' } });
+    const h = await startHarness({ env: { HEDWIG_MAILMAN__DATA_TIMEOUT_MS: '500' } });
     const dialog = await SmtpDialog.open(h.mailman.port);
     assert.match(await dialog.reply(), /^220 /);
     await dialog.command('EHLO client.test');
