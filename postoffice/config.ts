@@ -3,7 +3,9 @@ import { hostPortSchema, loadConfig, type ConfigWarning } from '../shared/config
 import { JOB_TTR_SECONDS, TUBE } from '../shared/job.ts';
 import { storeConfigSchema, suppressionConfigSchema } from '../shared/store/config.ts';
 import { clientsConfigSchema } from './auth.ts';
+import { authFailuresConfigSchema } from './auth-throttle.ts';
 import { statusConfigSchema } from './status.ts';
+import { uploadsConfigSchema } from './upload.ts';
 
 const DEFAULT_BEANSTALK_PORT = 11300;
 
@@ -31,6 +33,10 @@ export const postofficeConfigSchema = z
       })
       .strict()
       .prefault({}),
+    /** Bounds on request bodies read before their sender is authenticated (postoffice/upload.ts). */
+    uploads: uploadsConfigSchema,
+    /** Throttling of authentication failures (postoffice/auth-throttle.ts). */
+    authFailures: authFailuresConfigSchema,
     signatureWindowSeconds: z.number().int().positive().default(300),
     idempotencyTtlSeconds: z.number().int().positive().default(86_400),
     /** Past this many keys the oldest are forgotten (memory: a few hundred bytes each). */

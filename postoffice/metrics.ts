@@ -1,4 +1,4 @@
-import { Counter, Histogram, type Registry } from 'prom-client';
+import { Counter, Gauge, Histogram, type Registry } from 'prom-client';
 
 export interface PostofficeMetrics {
   accepted: Counter<'route'>;
@@ -6,7 +6,10 @@ export interface PostofficeMetrics {
   rejected: Counter<'reason'>;
   suppressed: Counter;
   storeRecordsDropped: Counter;
+  authFailures: Counter<'reason'>;
   requestDuration: Histogram<'route' | 'method' | 'status'>;
+  /** Reads the bodies in progress at scrape time (postoffice/upload.ts). */
+  observeUploads(budget: { readonly pendingBodies: number; readonly pendingBytes: number }): void;
 }
 
 /**
@@ -25,6 +28,7 @@ export function createPostofficeMetrics(registry: Registry): PostofficeMetrics {
     suppressed: counter(registry, 'hedwig_postoffice_recipients_suppressed_total', 'Recipients left out of submissions because they are on the suppression list.', []),
     storeRecordsDropped: counter(registry, 'hedwig_postoffice_store_records_dropped_total', 'Queued-message records dropped from the memory buffer while the store was unavailable (the messages are still queued).', []),
     rejected: counter(registry, 'hedwig_postoffice_messages_rejected_total', 'Requests answered with an error, by error code.', ['reason']),
+    authFailures: counter(registry, 'hedwig_postoffice_auth_failures_total', 'Failed authentications, by what failed (unknown_fqdn, bad_signature, wrong_key, stale_timestamp, ...).', ['reason']),
     requestDuration:
       (registry.getSingleMetric(durationName) as Histogram<'route' | 'method' | 'status'> | undefined) ??
       new Histogram({
@@ -34,5 +38,22 @@ export function createPostofficeMetrics(registry: Registry): PostofficeMetrics {
         buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30],
         registers: [registry],
       }),
+    observeUploads(budget) {
+      gauge(registry, 'hedwig_postoffice_pending_bodies', 'Request bodies being read before their sender is authenticated (and until answered).', () => budget.pendingBodies);
+      gauge(registry, 'hedwig_postoffice_pending_body_bytes', 'Bytes those bodies hold.', () => budget.pendingBytes);
+    },
   };
+}
+
+/** A gauge read at scrape time; a second app on the same registry takes it over. */
+function gauge(registry: Registry, name: string, help: string, read: () => number): void {
+  registry.removeSingleMetric(name);
+  new Gauge({
+    name,
+    help,
+    registers: [registry],
+    collect() {
+      this.set(read());
+    },
+  });
 }

@@ -11,6 +11,20 @@ export interface Rejection {
   detail?: string;
   /** recipients_suppressed: the recipients on the suppression list. */
   suppressed?: string[];
+  /** Sent as Retry-After (429, 503). */
+  retryAfterSeconds?: number;
+}
+
+/** A rejection raised where fastify wants an Error (a content-type parser); the error handler answers it. */
+export class RejectionError extends Error {
+  readonly rejection: Rejection;
+  readonly statusCode: number;
+  constructor(rejection: Rejection) {
+    super(rejection.message);
+    this.name = 'RejectionError';
+    this.rejection = rejection;
+    this.statusCode = rejection.status;
+  }
 }
 
 /** What a check of a request gives: the checked value, or the rejection to answer with. */

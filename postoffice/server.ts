@@ -10,7 +10,7 @@ import { buildApp, DEFAULT_CLAIM_STALE_MS } from './app.ts';
 import { jobSizeFor } from '../shared/job.ts';
 import type { PostofficeConfig } from './config.ts';
 import { RoundRobinQueue } from './queue.ts';
-import { jobStateVia, registerStatusRoute, runStatusConsumer } from './status.ts';
+import { jobStateVia, runStatusConsumer } from './status.ts';
 import { randomUUID } from 'node:crypto';
 import { hostname } from 'node:os';
 import { redactedUrl } from '../shared/store/config.ts';
@@ -122,6 +122,7 @@ export async function startPostoffice(config: PostofficeConfig, options: { logge
       void suppressionEvents(context, suppressed);
     },
     ...(https ? { https } : {}),
+    ...(config.status.enabled ? { status: { store, health: storeHealth, jobState: jobStateVia(clients) } } : {}),
   });
   const statusConsumers = config.status.enabled
     ? config.beanstalk.servers.map((address) =>
@@ -143,9 +144,6 @@ export async function startPostoffice(config: PostofficeConfig, options: { logge
     stopStatus.abort();
     await Promise.all(statusConsumers);
   };
-  if (config.status.enabled) {
-    registerStatusRoute(app, { clients: config.clients, windowSeconds: config.signatureWindowSeconds, store, health: storeHealth, jobState: jobStateVia(clients), now: Date.now });
-  }
   try {
     await app.listen({ host: config.listen.host, port: config.listen.port });
   } catch (err) {

@@ -1,5 +1,5 @@
 import { z } from 'zod';
-import type { FastifyInstance } from 'fastify';
+import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import { BeanstalkClient, type BeanstalkAddress } from '../shared/beanstalk.ts';
 import { errorCode } from '../shared/errors.ts';
 import type { Logger } from '../shared/logger.ts';
@@ -8,8 +8,8 @@ import { runReserveLoop } from '../shared/reserve-loop.ts';
 import type { SuppressionConfig } from '../shared/store/config.ts';
 import type { StoreHealth } from '../shared/store/health.ts';
 import type { JobRef, MessageRecord, Store } from '../shared/store/store.ts';
-import { authenticateSignedRequest, type ClientPolicy } from './auth.ts';
-import { errorBody, type Rejection } from './rejection.ts';
+import type { SignedCaller } from './auth.ts';
+import { errorBody, type OrRejection, type Rejection } from './rejection.ts';
 
 /**
  * `GET /v1/messages/:id`: the state and history of a message, from the shared store
@@ -80,8 +80,8 @@ export async function runStatusConsumer(
 export type LiveJobState = 'ready' | 'delayed' | 'reserved' | 'buried' | 'gone' | 'unknown';
 
 export interface StatusRouteDeps {
-  clients: Readonly<Record<string, ClientPolicy>>;
-  windowSeconds: number;
+  /** The signed-request check of postoffice/gate.ts (throttled like the send API). */
+  authenticate(request: FastifyRequest): OrRejection<SignedCaller>;
   store: Store;
   health: StoreHealth;
   /** `stats-job` on the named server: where the job is now. */
@@ -135,14 +135,12 @@ export function statusBody(record: MessageRecord, live: LiveJobState) {
 }
 
 export function registerStatusRoute(app: FastifyInstance, deps: StatusRouteDeps): void {
-  const fail = (reply: { code(status: number): { header(name: string, value: string): { send(body: unknown): unknown }; send(body: unknown): unknown } }, r: Rejection) =>
-    r.status === 503 ? reply.code(r.status).header('retry-after', '5').send(errorBody(r)) : reply.code(r.status).send(errorBody(r));
+  const fail = (reply: FastifyReply, r: Rejection) => {
+    if (r.retryAfterSeconds !== undefined) reply.header('retry-after', String(r.retryAfterSeconds));
+    return reply.code(r.status).send(errorBody(r));
+  };
   app.get<{ Params: { id: string } }>('/v1/messages/:id', async (request, reply) => {
-    const auth = authenticateSignedRequest(
-      deps.clients,
-      { method: request.method, url: request.raw.url ?? request.url, headers: request.headers, body: Buffer.alloc(0) },
-      { nowMs: deps.now(), windowSeconds: deps.windowSeconds },
-    );
+    const auth = deps.authenticate(request);
     if (!auth.ok) return fail(reply, auth.rejection);
     const notQueued: Rejection = { status: 404, code: 'not_queued', message: 'no such message: unknown, or it left the queue longer ago than the history keeps' };
     const id = request.params.id;
@@ -153,7 +151,7 @@ export function registerStatusRoute(app: FastifyInstance, deps: StatusRouteDeps)
       deps.health.worked();
     } catch (err) {
       deps.health.failed('get_message', err);
-      return fail(reply, { status: 503, code: 'store_unavailable', message: 'the message store is unavailable, retry later' });
+      return fail(reply, { status: 503, code: 'store_unavailable', message: 'the message store is unavailable, retry later', retryAfterSeconds: 5 });
     }
     // Another host's message is answered exactly like an unknown one; so is one past its history.
     if (!record || record.fqdn !== auth.value.fqdn || (record.expiresAt !== null && record.expiresAt <= deps.now())) return fail(reply, notQueued);

@@ -47,6 +47,8 @@ describe('bad input over HTTP (real post office, real beanstalkd)', { timeout: 9
         listen: { host: '127.0.0.1', port },
         beanstalk: { servers: [beanstalkd.address] },
         limits: { maxMessageBytes: MAX_MESSAGE_BYTES, maxRecipients: 5 },
+        // This file sends many bad credentials on purpose; the throttle has its own tests (postoffice-abuse).
+        authFailures: { maxPerAddress: 1000, maxPerAddressAndFqdn: 1000 },
         clients: { [FQDN]: { key: KEY, senderDomains: ['example.test'] } },
       },
       { readyPort: port },
@@ -239,7 +241,8 @@ describe('bad input over HTTP (real post office, real beanstalkd)', { timeout: 9
     });
 
     it('answers 415 to other content types and 404 to other routes', async () => {
-      await expectRejected(send({ headers: { 'content-type': 'text/plain' }, body: submission() }), 415, 'unsupported_media_type');
+      const headers = signRequest(KEY, { method: 'POST', path: PATH, fqdn: FQDN, body: submission() });
+      await expectRejected(send({ headers: { ...headers, 'content-type': 'text/plain' }, body: submission() }), 415, 'unsupported_media_type');
       await expectRejected(send({ method: 'PUT', headers: { 'content-type': 'application/json' }, body: submission() }), 404, 'not_found');
     });
   });

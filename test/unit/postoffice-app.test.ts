@@ -64,6 +64,7 @@ interface SendOptions {
   idempotencyKey?: string;
   nowMs?: number;
   headers?: Record<string, string>;
+  remoteAddress?: string;
 }
 
 function sendSigned(s: Setup, body: string | Buffer, options: SendOptions = {}) {
@@ -76,7 +77,7 @@ function sendSigned(s: Setup, body: string | Buffer, options: SendOptions = {}) 
     idempotencyKey: options.idempotencyKey,
     now: options.nowMs ?? s.clock.nowMs,
   });
-  return s.app.inject({ method: 'POST', url: path, headers: { 'content-type': 'application/json', ...headers, ...options.headers }, payload: body });
+  return s.app.inject({ method: 'POST', url: path, headers: { 'content-type': 'application/json', ...headers, ...options.headers }, payload: body, ...(options.remoteAddress ? { remoteAddress: options.remoteAddress } : {}) });
 }
 
 function message(fields: Record<string, unknown> = {}): string {
@@ -186,7 +187,9 @@ describe('POST /v1/messages: authentication (checked before anything else about 
     assertRejected(s, unknown, 401, { error: 'bad_signature' });
     assert.equal(unknown.body, wrongKey.body);
     assertRejected(s, await sendSigned(s, message(), { fqdn: 'stranger.example.net', nowMs: s.clock.nowMs - 301_000 }), 401, { error: 'stale_timestamp' });
-    assert.ok(s.logLines.some((l) => JSON.parse(l).detail === 'unknown_fqdn'), 'the log keeps the distinction');
+    await s.app.close(); // flushes the aggregated failure lines
+    const failures = s.logLines.map((l) => JSON.parse(l) as { event?: string; reasons?: Record<string, number> }).filter((l) => l.event === 'auth_failures');
+    assert.ok(failures.some((l) => l.reasons?.unknown_fqdn === 1), `the log keeps the distinction: ${JSON.stringify(failures)}`);
   });
 
   it('rejects a signature made with another key', async () => {
@@ -343,10 +346,11 @@ describe('POST /v1/messages: validation', () => {
     assertRejected(s, await sendSigned(s, message({ mailfrom: 'x@mail.example.com' })), 403, { error: 'sender_domain_not_allowed', field: 'mailfrom' });
   });
 
-  it('rejects content types other than JSON with a JSON 415', async () => {
+  it('rejects content types other than JSON with a JSON 415 (once the headers are authenticated)', async () => {
     const s = setup();
-    const res = await s.app.inject({ method: 'POST', url: '/v1/messages', headers: { 'content-type': 'text/plain' }, payload: 'hi' });
-    assertRejected(s, res, 415, { error: 'unsupported_media_type' });
+    assertRejected(s, await sendSigned(s, 'hi', { headers: { 'content-type': 'text/plain' } }), 415, { error: 'unsupported_media_type' });
+    const unsigned = await s.app.inject({ method: 'POST', url: '/v1/messages', headers: { 'content-type': 'text/plain' }, payload: 'hi' });
+    assertRejected(s, unsigned, 401, { error: 'missing_signature' });
   });
 });
 
@@ -433,6 +437,45 @@ describe('POST /v1/messages: queue failures and idempotency', () => {
     s.queue.payloads = [];
     const res = await sendSigned(s, message({ rcpttos: ['other@example.org'] }), { idempotencyKey: 'spool-0005' });
     assertRejected(s, res, 422, { error: 'idempotency_key_reused', field: 'idempotency-key' });
+  });
+});
+
+describe('authentication failures: throttled per address and fqdn, logged aggregated (issue 12.11)', () => {
+  it('answers 429 with Retry-After once an address failed too often for a host, before looking at the request', async () => {
+    const s = setup({ authFailures: { windowSeconds: 60, maxPerAddress: 100, maxPerAddressAndFqdn: 3 } });
+    for (let i = 0; i < 3; i++) assert.equal((await sendSigned(s, message(), { key: OTHER_KEY, remoteAddress: '192.0.2.66' })).statusCode, 401);
+    const locked = await sendSigned(s, message(), { remoteAddress: '192.0.2.66' });
+    assertRejected(s, locked, 429, { error: 'too_many_auth_failures' });
+    assert.equal(locked.headers['retry-after'], '60');
+    // The host itself, from its own address, is not locked out by someone else's failures on its name.
+    assert.equal((await sendSigned(s, message(), { remoteAddress: '192.0.2.10' })).statusCode, 202);
+    s.clock.nowMs += 60_000;
+    const later = await sendSigned(s, message({ rcpttos: ['later@example.org'] }), { remoteAddress: '192.0.2.66' });
+    assert.equal(later.statusCode, 202, 'a new window');
+  });
+
+  it('throttles the form route too, and the address as a whole across routes', async () => {
+    const s = setup({ authFailures: { windowSeconds: 60, maxPerAddress: 2, maxPerAddressAndFqdn: 2 } });
+    const form = (key: string) => new URLSearchParams({ fqdn: FQDN, key, email: message() }).toString();
+    for (let i = 0; i < 2; i++) {
+      const res = await s.app.inject({ method: 'POST', url: '/', headers: { 'content-type': 'application/x-www-form-urlencoded' }, payload: form('wrong') });
+      assert.equal(res.statusCode, 401);
+    }
+    const res = await s.app.inject({ method: 'POST', url: '/', headers: { 'content-type': 'application/x-www-form-urlencoded' }, payload: form(KEY) });
+    assert.equal(res.statusCode, 429);
+    assert.equal((await sendSigned(s, message())).statusCode, 429, 'the address as a whole');
+  });
+
+  it('logs failures as one auth_failures line per address and fqdn, no per-request rejected lines', async () => {
+    const s = setup({ authFailures: { windowSeconds: 60, maxPerAddress: 1000, maxPerAddressAndFqdn: 1000 } });
+    for (let i = 0; i < 50; i++) await sendSigned(s, message(), { key: OTHER_KEY });
+    await s.app.close();
+    const lines = s.logLines.map((l) => JSON.parse(l) as Record<string, unknown>);
+    assert.equal(lines.filter((l) => l.event === 'rejected').length, 0);
+    const failures = lines.filter((l) => l.event === 'auth_failures');
+    assert.equal(failures.length, 1);
+    assert.deepEqual({ fqdn: failures[0]!.fqdn, failures: failures[0]!.failures, reasons: failures[0]!.reasons }, { fqdn: FQDN, failures: 50, reasons: { bad_signature: 50 } });
+    assert.match(await s.registry.metrics(), /hedwig_postoffice_auth_failures_total\{reason="bad_signature",tier="postoffice"\} 50|hedwig_postoffice_auth_failures_total\{reason="bad_signature"\} 50/);
   });
 });
 

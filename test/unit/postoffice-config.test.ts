@@ -30,6 +30,8 @@ describe('post office configuration', () => {
       listen: { host: '127.0.0.1', port: 8025 },
       beanstalk: { servers: [{ host: '127.0.0.1', port: 11300 }], tube: TUBE.outbound, ttrSeconds: 600 },
       limits: { maxMessageBytes: 10_485_760, maxRecipients: 100 },
+      uploads: { bodyTimeoutMs: 60_000, maxPendingBodies: 64, maxPendingBodiesPerAddress: 8 },
+      authFailures: { windowSeconds: 60, maxPerAddress: 30, maxPerAddressAndFqdn: 10 },
       signatureWindowSeconds: 300,
       idempotencyTtlSeconds: 86_400,
       idempotencyMaxEntries: 100_000,
