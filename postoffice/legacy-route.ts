@@ -36,9 +36,9 @@ export function registerLegacyRoute(app: FastifyInstance, ctx: RouteContext, opt
         onRequest: async (request, reply) => {
           const allowed = ctx.gate.address(request);
           if (!allowed.ok) return ctx.reject(request, reply, 'legacy', allowed.rejection);
-          const slot = admit(ctx, request, reply);
-          if (!slot) return ctx.reject(request, reply, 'legacy', BUSY);
-          admitted.set(request, { caller: undefined, slot, deadlineMs: Date.now() + ctx.bodyTimeoutMs });
+          const slot = admit(ctx, request, reply, options.bodyLimit);
+          if (!slot.ok) return ctx.reject(request, reply, 'legacy', slot.rejection);
+          admitted.set(request, { caller: undefined, slot: slot.value, deadlineMs: Date.now() + ctx.bodyTimeoutMs });
           return undefined;
         },
       },

@@ -6,7 +6,7 @@ import type { Gate } from './gate.ts';
 import { parseJsonBody } from './json-body.ts';
 import { RejectionError, type OrRejection, type Rejection } from './rejection.ts';
 import { ReplayGuard } from './replay-guard.ts';
-import { BUSY, readBody, type UploadBudget, type UploadSlot } from './upload.ts';
+import { BUSY, readBody, tooLarge, type UploadBudget, type UploadSlot } from './upload.ts';
 
 /**
  * `POST /v1/messages`, the signed JSON API. The headers are checked before the body is
@@ -34,12 +34,17 @@ export interface Admitted<T> {
   deadlineMs: number;
 }
 
-/** Takes an upload slot for the request, released when its response is done (or its connection gone). */
-export function admit(ctx: RouteContext, request: FastifyRequest, reply: FastifyReply): UploadSlot | undefined {
+/**
+ * Takes an upload slot for the request, released when its response is done (or its
+ * connection gone): 413 when it announces more than `limit`, 503 busy when no slot is free.
+ */
+export function admit(ctx: RouteContext, request: FastifyRequest, reply: FastifyReply, limit: number): OrRejection<UploadSlot> {
   const declared = declaredLength(request);
+  if (declared !== undefined && declared > limit) return { ok: false, rejection: tooLarge(limit) };
   const slot = ctx.budget.admit(request.ip, declared !== undefined && Number.isFinite(declared) ? declared : 0);
-  if (slot) reply.raw.once('close', slot.release);
-  return slot;
+  if (!slot) return { ok: false, rejection: BUSY };
+  reply.raw.once('close', slot.release);
+  return { ok: true, value: slot };
 }
 
 function declaredLength(request: FastifyRequest): number | undefined {
@@ -66,9 +71,9 @@ export function registerMessagesRoute(app: FastifyInstance, ctx: RouteContext, o
         onRequest: async (request, reply) => {
           const headers = ctx.gate.signedHeaders(request);
           if (!headers.ok) return ctx.reject(request, reply, 'v1', headers.rejection, typeof request.headers['x-hedwig-fqdn'] === 'string' ? request.headers['x-hedwig-fqdn'] : undefined);
-          const slot = admit(ctx, request, reply);
-          if (!slot) return ctx.reject(request, reply, 'v1', BUSY, headers.value.fqdn);
-          admitted.set(request, { caller: headers.value, slot, deadlineMs: Date.now() + ctx.bodyTimeoutMs });
+          const slot = admit(ctx, request, reply, options.bodyLimit);
+          if (!slot.ok) return ctx.reject(request, reply, 'v1', slot.rejection, headers.value.fqdn);
+          admitted.set(request, { caller: headers.value, slot: slot.value, deadlineMs: Date.now() + ctx.bodyTimeoutMs });
           return undefined;
         },
       },
