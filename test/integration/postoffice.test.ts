@@ -141,10 +141,13 @@ describe('post office against a real beanstalkd', { timeout: 90_000 }, () => {
 
   it('accepts the legacy hedwig form post from curl --data-urlencode and answers 200', async () => {
     const email = JSON.stringify({ mailfrom: 'sender@example.com', rcpttos: ['one@example.org'], data: 'From: sender@example.com\r\nSubject: legacy\r\n\r\nfrom the old client & co.\r\n' });
+    // As the README sends it: the message from a file (email@message.json).
+    const dir = mkdtempSync(join(tmpdir(), 'hedwig-legacy-curl-'));
+    writeFileSync(join(dir, 'message.json'), email);
     const { stdout } = await run(
       'curl',
-      ['-sS', '-w', '\n%{http_code}', '--data-urlencode', `fqdn=${FQDN}`, '--data-urlencode', `key=${KEY}`, '--data-urlencode', `email=${email}`, `${postoffice.url}/`],
-      { timeout: 15_000 },
+      ['-sS', '-w', '\n%{http_code}', '--data-urlencode', `fqdn=${FQDN}`, '--data-urlencode', `key=${KEY}`, '--data-urlencode', 'email@message.json', `${postoffice.url}/`],
+      { timeout: 15_000, cwd: dir },
     );
     const [body, status] = stdout.split('\n');
     assert.equal(status, '200', stdout);
