@@ -10,7 +10,7 @@ fi
 bash "$(dirname "$0")/install-node.sh"
 missing=()
 # command:package
-for pair in beanstalkd:beanstalkd msmtp:msmtp swaks:swaks dnsmasq:dnsmasq-base dkimverify:python3-dkim openssl:openssl curl:curl nsd:nsd unbound:unbound ldns-signzone:ldnsutils; do
+for pair in beanstalkd:beanstalkd msmtp:msmtp swaks:swaks dnsmasq:dnsmasq-base dkimverify:python3-dkim openssl:openssl curl:curl nsd:nsd unbound:unbound ldns-signzone:ldnsutils iptables:iptables ip:iproute2; do
   cmd=${pair%%:*}
   pkg=${pair##*:}
   if ! command -v "$cmd" >/dev/null 2>&1 && [ ! -x "/usr/sbin/$cmd" ] && [ ! -x "/usr/bin/$cmd" ]; then

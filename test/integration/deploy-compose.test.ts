@@ -295,8 +295,11 @@ describe('docker-compose.yml', () => {
     const mailman = loaded.get('mailman') as ReturnType<typeof loadMailmanConfig>;
     assert.deepEqual(services.mailman!.ports, [`172.17.0.1:25:${mailman.listen.port}`], 'mailman: docker0 address, port 25, to its listen port');
     assert.ok(composeText.includes('${HEDWIG_DOCKER0_ADDRESS:-172.17.0.1}:25:'), 'the docker0 address can be changed (old Docker: 172.17.42.1)');
-    // Docker forwards the published port from a bridge gateway: the container must accept those, and only private ranges.
-    for (const network of mailman.allowedNetworks) assert.match(network, /^(127\.0\.0\.0\/8|::1\/128|172\.(16|17)\.0\.0\/(12|16)|192\.168\.0\.0\/16)$/);
+    // Docker's DNAT keeps a LAN client's own address: only loopback, docker0's subnet and the project's network.
+    assert.deepEqual(mailman.allowedNetworks.map(String), ['127.0.0.0/8', '::1/128', '172.17.0.0/16', '172.30.25.0/24']);
+    assert.ok(composeText.includes('${HEDWIG_DOCKER0_SUBNET:-172.17.0.0/16}') && composeText.includes('${HEDWIG_COMPOSE_SUBNET:-172.30.25.0/24}'), 'both subnets can be changed in .env');
+    const network = (compose as { networks?: { default?: { ipam?: { config?: Array<{ subnet?: string }> } } } }).networks?.default?.ipam?.config?.[0]?.subnet;
+    assert.equal(network, '172.30.25.0/24', "the project's network has the subnet mailman allows");
 
     assert.equal(services.beanstalkd!.ports, undefined, 'beanstalkd has no authentication: never published');
     assert.equal(services.worker!.ports, undefined, 'workers take no connections from outside');
@@ -332,6 +335,11 @@ describe('docker-compose.yml', () => {
       const bound = 'shutdownGraceMs' in config ? config.shutdownGraceMs + 10_000 : 30_000;
       assert.ok(grace * 1000 > bound, `${name}: stop_grace_period ${service.stop_grace_period} must exceed ${bound} ms`);
     }
+  });
+
+  it('runs with Debian 12\'s docker-compose 1.29 too: no top-level name, beanstalkd under docker-init', () => {
+    assert.equal((parseYaml(composeText) as Record<string, unknown>).name, undefined, "1.29: 'name' does not match any of the regexes: '^x-'");
+    assert.equal((services.beanstalkd as { init?: boolean }).init, true, 'beanstalkd as PID 1 ignores SIGTERM');
   });
 
   it('lets the worker scale: replicas, no fixed container name, no published port', () => {
@@ -370,6 +378,50 @@ describe('docker-compose.yml', () => {
       assert.ok(declared);
       assert.deepEqual(execArgs(declared.args.slice(declared.args.indexOf('CMD') + 3)), services.beanstalkd!.healthcheck!.test.slice(1));
     });
+  });
+});
+
+describe('deploy/docker-compose.host-network.yml', () => {
+  const hostNetworkText = readFileSync(join(root, 'deploy', 'docker-compose.host-network.yml'), 'utf8');
+  const override = interpolateTree(parseYaml(hostNetworkText, { merge: true })) as { services: Record<string, Service & { network_mode?: string; depends_on?: unknown }> };
+  /** Compose's merge of an override into a base service: mappings key by key, the rest replaced. */
+  function merged(name: string): Service & Record<string, unknown> {
+    const base = (services[name] ?? {}) as Record<string, unknown>;
+    const top = (override.services[name] ?? {}) as Record<string, unknown>;
+    const result: Record<string, unknown> = { ...base };
+    for (const [key, value] of Object.entries(top)) {
+      const was = base[key];
+      result[key] = key === 'ports' ? [...((was as unknown[]) ?? []), ...(value as unknown[])] : was && typeof was === 'object' && !Array.isArray(was) && typeof value === 'object' && !Array.isArray(value) ? { ...was, ...(value as object) } : value;
+    }
+    return result as Service & Record<string, unknown>;
+  }
+  const workers = Object.keys(override.services).filter((name) => tierOf(merged(name)) === 'worker');
+
+  it('puts every worker on the host network as a service of its own, each with its own ops port', () => {
+    assert.deepEqual(workers, ['worker', 'worker-2']);
+    const opsPorts = new Set<number>();
+    for (const name of workers) {
+      const service = merged(name);
+      assert.equal(service.network_mode, 'host', name);
+      assert.equal(service.deploy?.replicas ?? 1, 1, `${name}: replicas would share one ops port`);
+      assert.equal(service.ports, undefined, `${name}: nothing to publish on the host network`);
+      const config = loadWorkerConfig(configWithSecretsIn(mountedSource(service, configFileOf(service))!, fakeSecrets()), service.environment ?? {});
+      assert.equal(config.ops.host, '127.0.0.1', `${name}: ops port on loopback`);
+      opsPorts.add(config.ops.port);
+      assert.deepEqual(config.beanstalk.servers, [{ host: '127.0.0.1', port: 11300 }], `${name}: no service names on the host network`);
+    }
+    assert.equal(opsPorts.size, workers.length, 'distinct ops ports');
+  });
+
+  it('publishes beanstalkd for them on loopback only', () => {
+    assert.deepEqual(merged('beanstalkd').ports, ['127.0.0.1:11300:11300']);
+    assert.equal(merged('postoffice').network_mode, undefined, 'the post office stays on the project network');
+  });
+
+  it("writes worker-2 out exactly as docker-compose.yml's worker, but for its environment", () => {
+    const { environment: _a, deploy: _b, ...worker } = merged('worker');
+    const { environment: _c, ...second } = override.services['worker-2'] as Record<string, unknown>;
+    assert.deepEqual(second, worker);
   });
 });
 
