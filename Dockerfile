@@ -4,7 +4,8 @@
 #   node dist/mailman/main.js    --config /etc/hedwig/mailman.yaml
 #   node dist/key-generator.js   --fqdn app1.example.com ...
 #   node dist/cli/run.js         queue stats | failed list | ...   (the hedwig CLI)
-# Target `beanstalkd` is a separate small image with Debian's beanstalkd.
+# Targets `beanstalkd` and `postgres` are separate small images with Debian's beanstalkd and
+# PostgreSQL 15 (the shared store).
 # docker-compose.yml builds both; README "Deployment" explains the setup.
 
 # Compiles the TypeScript sources to plain ESM JavaScript in dist/ (relative imports
@@ -59,3 +60,22 @@ EXPOSE 11300
 HEALTHCHECK --interval=10s --timeout=3s --retries=3 CMD ["bash", "-c", "exec 3<>/dev/tcp/127.0.0.1/11300 && printf 'stats\\r\\n' >&3 && read -r -t 2 reply <&3 && [[ $reply == OK* ]]"]
 ENTRYPOINT ["beanstalkd"]
 CMD ["-l", "0.0.0.0", "-p", "11300", "-b", "/var/lib/beanstalkd"]
+
+# PostgreSQL 15 from Debian for the shared store (store.url), for deployments that have no
+# database of their own. deploy/postgres-entrypoint.sh creates the cluster, the role and the
+# database `hedwig` on the first start, with the password in $POSTGRES_PASSWORD_FILE.
+FROM debian:bookworm-slim AS postgres
+# No default cluster from the package: the entry point makes one in the volume.
+RUN mkdir -p /etc/postgresql-common && echo 'create_main_cluster = false' > /etc/postgresql-common/createcluster.conf \
+  && apt-get update && apt-get install -y --no-install-recommends postgresql-15 && rm -rf /var/lib/apt/lists/* \
+  && groupmod --gid 1000 postgres && usermod --uid 1000 --gid 1000 postgres \
+  && mkdir -p /var/lib/postgresql/data && chown -R postgres:postgres /var/lib/postgresql \
+  && chmod 0700 /var/lib/postgresql/data
+COPY deploy/postgres-entrypoint.sh /usr/local/bin/hedwig-postgres
+# uid 1000 like the hedwig image, so the secrets directory (readable by uid 1000) serves both.
+ENV PATH=/usr/lib/postgresql/15/bin:$PATH \
+    PGDATA=/var/lib/postgresql/data
+USER postgres
+EXPOSE 5432
+HEALTHCHECK --interval=10s --timeout=3s --retries=3 CMD ["pg_isready", "--quiet", "--host=127.0.0.1", "--port=5432"]
+ENTRYPOINT ["hedwig-postgres"]

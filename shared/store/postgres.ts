@@ -15,14 +15,26 @@ const MIGRATION_LOCK = 7_346_501;
  * `timeoutMs` on the client side and by `statement_timeout` on the server, so a store that
  * hangs makes a caller fail over quickly instead of holding a request.
  */
+/**
+ * The password (store.passwordFile) as part of the connection string: node-postgres lets what
+ * it parses from `connectionString` replace its other options, so a separate `password` option
+ * was dropped (the URL has none) and every password login failed.
+ */
+function withPassword(url: string, password: string | undefined): string {
+  if (password === undefined) return url;
+  const parsed = new URL(url);
+  // Percent-encoded by hand: the URL setter leaves `%` as it is, and node-postgres decodes it.
+  parsed.password = encodeURIComponent(password);
+  return parsed.toString();
+}
+
 export class PostgresEngine implements SqlEngine {
   readonly kind = 'postgres';
   readonly #pool: pg.Pool;
 
   constructor(url: string, options: { timeoutMs: number; password?: string | undefined; maxConnections?: number; onError?: (err: Error) => void }) {
     this.#pool = new pg.Pool({
-      connectionString: url,
-      ...(options.password !== undefined ? { password: options.password } : {}),
+      connectionString: withPassword(url, options.password),
       max: options.maxConnections ?? 10,
       connectionTimeoutMillis: options.timeoutMs,
       query_timeout: options.timeoutMs,

@@ -324,6 +324,27 @@ describe('docker-compose.yml', () => {
     assert.ok(binlogVolume && !binlogVolume.startsWith('./'), 'the binlog directory is a named volume');
   });
 
+  it("runs the store the configs name: the postgres service, with the password file the tiers' store.passwordFile names", () => {
+    const postgres = services.postgres!;
+    assert.ok(postgres, 'a postgres service');
+    for (const [name, , tier] of hedwigServices()) {
+      if (tier === 'mailman') continue;
+      const store = (loaded.get(name) as { store: { url: string; passwordFile?: string } }).store;
+      const url = new URL(store.url);
+      assert.equal(url.hostname, 'postgres', `${name}: store.url names the service`);
+      assert.equal(url.port, '5432');
+      assert.equal(url.username, 'hedwig');
+      assert.equal(url.pathname, '/hedwig');
+      const passwordFile = readFileSync(join(root, 'config', `${tier}.yaml`), 'utf8').match(/passwordFile: (\S+)/)?.[1];
+      assert.equal(passwordFile, postgres.environment!.POSTGRES_PASSWORD_FILE, `${name}: the same password file`);
+      assert.ok(mountedSource(postgres, passwordFile!), 'postgres mounts the secrets directory');
+      assert.deepEqual((services[name] as { depends_on?: Record<string, unknown> }).depends_on?.postgres, { condition: 'service_healthy' });
+    }
+    assert.equal(postgres.ports, undefined, 'never published');
+    assert.ok(postgres.volumes!.some((v) => v.endsWith(':/var/lib/postgresql/data') && !v.startsWith('./')), 'the data directory is a named volume');
+    assert.equal((postgres as { init?: boolean }).init, true);
+  });
+
   it('gives every service a health check, and Docker more time to stop than each tier takes', () => {
     for (const [name, service] of Object.entries(services)) assert.ok(service.healthcheck?.test?.length, `${name} has a health check`);
     for (const [name, service] of hedwigServices()) {
@@ -413,8 +434,10 @@ describe('deploy/docker-compose.host-network.yml', () => {
     assert.equal(opsPorts.size, workers.length, 'distinct ops ports');
   });
 
-  it('publishes beanstalkd for them on loopback only', () => {
+  it('publishes beanstalkd and postgres for them on loopback only, and points them there', () => {
     assert.deepEqual(merged('beanstalkd').ports, ['127.0.0.1:11300:11300']);
+    assert.deepEqual(merged('postgres').ports, ['127.0.0.1:5432:5432']);
+    for (const name of workers) assert.equal(merged(name).environment!.HEDWIG_WORKER__STORE__URL, 'postgres://hedwig@127.0.0.1:5432/hedwig', name);
     assert.equal(merged('postoffice').network_mode, undefined, 'the post office stays on the project network');
   });
 

@@ -15,7 +15,7 @@
  */
 import assert from 'node:assert/strict';
 import { generateKeyPairSync } from 'node:crypto';
-import { chmodSync, chownSync, copyFileSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, chownSync, copyFileSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer, type Server } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
@@ -33,7 +33,7 @@ const KEY = 'd0c4e7c0'.repeat(8);
 const FQDN = 'app1.example.com';
 const required = process.env.HEDWIG_DOCKER_TEST === 'required';
 const HEDWIG_SERVICES = ['postoffice', 'worker', 'worker-2', 'mailman'] as const;
-const SERVICES = ['beanstalkd', ...HEDWIG_SERVICES] as const;
+const SERVICES = ['beanstalkd', 'postgres', ...HEDWIG_SERVICES] as const;
 type ServiceName = (typeof SERVICES)[number];
 
 describe('the compose deployment in a real Docker engine', { timeout: 20 * 60_000 }, () => {
@@ -42,7 +42,7 @@ describe('the compose deployment in a real Docker engine', { timeout: 20 * 60_00
   let sink: SmtpSink;
   const work = mkdtempSync(join(tmpdir(), 'hedwig-docker-'));
   const project = `hedwigci${process.pid}`;
-  const ports = { beanstalkd: 0, postoffice: 0, worker: 0, worker2: 0, mailman: 0, mailmanOps: 0 };
+  const ports = { beanstalkd: 0, postgres: 0, postoffice: 0, worker: 0, worker2: 0, mailman: 0, mailmanOps: 0 };
   let caFile = '';
   let caDir = '';
   const figures: string[] = [];
@@ -162,13 +162,9 @@ describe('the compose deployment in a real Docker engine', { timeout: 20 * 60_00
         writeFileSync(file, name.endsWith('.s2026.key') ? dkim : `${KEY}\n`);
       }
     }
-    for (const name of ['postoffice.crt', 'postoffice.key', 'postoffice-ca.crt', 'app1.example.com.key', 'app2.example.com.key', 'mailman.key', 'example.com.s2026.key', 'webhook.secret']) {
-      try {
-        chownSync(join(dir, name), 1000, 1000);
-        chmodSync(join(dir, name), 0o400);
-      } catch {
-        // a file no config names
-      }
+    for (const name of readdirSync(dir)) {
+      chownSync(join(dir, name), 1000, 1000);
+      chmodSync(join(dir, name), 0o400);
     }
   }
 
@@ -180,6 +176,7 @@ describe('the compose deployment in a real Docker engine', { timeout: 20 * 60_00
     const health = (test: string[]) => ({ test, interval: '1s', timeout: '5s', retries: 3, start_period: '60s' });
     const tierHealth = health(['CMD', 'node', 'dist/deploy/healthcheck.js']);
     const beanstalk = `["127.0.0.1:${ports.beanstalkd}"]`;
+    const store = `postgres://hedwig@127.0.0.1:${ports.postgres}/hedwig`;
     const worker = (opsPort: number) => ({
       build: { context: '.', target: 'runtime', network: 'host' },
       ulimits,
@@ -187,6 +184,7 @@ describe('the compose deployment in a real Docker engine', { timeout: 20 * 60_00
       volumes: [secretsMount],
       environment: {
         HEDWIG_WORKER__BEANSTALK__SERVERS: beanstalk,
+        HEDWIG_WORKER__STORE__URL: store,
         HEDWIG_WORKER__OPS__PORT: String(opsPort),
         HEDWIG_WORKER__ROUTES: JSON.stringify({ 'example.org': `127.0.0.1:${sink.port}` }),
         HEDWIG_WORKER__CONCURRENCY: '2',
@@ -203,13 +201,25 @@ describe('the compose deployment in a real Docker engine', { timeout: 20 * 60_00
           ulimits,
           healthcheck: health(['CMD', 'bash', '-c', `exec 3<>/dev/tcp/127.0.0.1/${ports.beanstalkd} && printf 'stats\\r\\n' >&3 && read -r -t 2 reply <&3 && [[ $$reply == OK* ]]`]),
         },
+        postgres: {
+          build: { context: '.', target: 'postgres', network: 'host' },
+          network_mode: 'host',
+          command: ['-p', String(ports.postgres), '-c', 'listen_addresses=127.0.0.1'],
+          volumes: [secretsMount],
+          healthcheck: health(['CMD', 'pg_isready', '--quiet', '--host=127.0.0.1', `--port=${ports.postgres}`]),
+        },
         postoffice: {
           build: { context: '.', target: 'runtime', network: 'host' },
           network_mode: 'host',
           ulimits,
           healthcheck: tierHealth,
           volumes: [secretsMount],
-          environment: { HEDWIG_POSTOFFICE__LISTEN__HOST: '127.0.0.1', HEDWIG_POSTOFFICE__LISTEN__PORT: String(ports.postoffice), HEDWIG_POSTOFFICE__BEANSTALK__SERVERS: beanstalk },
+          environment: {
+            HEDWIG_POSTOFFICE__LISTEN__HOST: '127.0.0.1',
+            HEDWIG_POSTOFFICE__LISTEN__PORT: String(ports.postoffice),
+            HEDWIG_POSTOFFICE__BEANSTALK__SERVERS: beanstalk,
+            HEDWIG_POSTOFFICE__STORE__URL: store,
+          },
         },
         worker: worker(ports.worker),
         'worker-2': worker(ports.worker2),
@@ -401,7 +411,8 @@ describe('the compose deployment in a real Docker engine', { timeout: 20 * 60_00
       const service = ['--network', 'host', '--read-only', '--tmpfs', '/tmp', '--cap-drop', 'ALL', '--security-opt', 'no-new-privileges:true',
         '-v', `${join(root, 'config', 'postoffice.yaml')}:/etc/hedwig/postoffice.yaml:ro`, '-v', `${join(work, 'secrets')}:/run/secrets/hedwig:ro`,
         '-e', 'HEDWIG_POSTOFFICE__LISTEN__HOST=127.0.0.1', '-e', `HEDWIG_POSTOFFICE__LISTEN__PORT=${ports.postoffice}`,
-        '-e', `HEDWIG_POSTOFFICE__BEANSTALK__SERVERS=["127.0.0.1:${ports.beanstalkd}"]`, ...Object.entries(env).flatMap(([k, v]) => ['-e', `${k}=${v}`])];
+        '-e', `HEDWIG_POSTOFFICE__BEANSTALK__SERVERS=["127.0.0.1:${ports.beanstalkd}"]`,
+        '-e', `HEDWIG_POSTOFFICE__STORE__URL=postgres://hedwig@127.0.0.1:${ports.postgres}/hedwig`, ...Object.entries(env).flatMap(([k, v]) => ['-e', `${k}=${v}`])];
       return docker(['run', '--rm', ...service, 'hedwig:latest', 'node', 'dist/postoffice/main.js', '--config', '/etc/hedwig/postoffice.yaml']);
     }
 
