@@ -81,14 +81,15 @@ describe('start-up exit codes and the environment', { timeout: 180_000 }, () => 
   /** Minimal valid configs on loopback, ports picked by the OS. */
   async function configs(): Promise<Record<Tier, Record<string, unknown>>> {
     return {
-      postoffice: { listen: { host: '127.0.0.1', port: await freePort() }, beanstalk: { servers: [beanstalkd.address] } },
+      // The store in memory: the default file would land in the working directory (the repository).
+      postoffice: { listen: { host: '127.0.0.1', port: await freePort() }, beanstalk: { servers: [beanstalkd.address] }, store: { url: 'sqlite::memory:' } },
       mailman: {
         listen: { host: '127.0.0.1', port: await freePort() },
         ops: { host: '127.0.0.1', port: await freePort() },
         postoffice: { url: `http://127.0.0.1:${await freePort()}`, fqdn: 'app1.example.com', key: KEY },
         spool: { dir: spool },
       },
-      worker: { beanstalk: { servers: [beanstalkd.address] }, concurrency: 1, ops: { host: '127.0.0.1', port: await freePort() } },
+      worker: { beanstalk: { servers: [beanstalkd.address] }, concurrency: 1, ops: { host: '127.0.0.1', port: await freePort() }, store: { url: 'sqlite::memory:' } },
     };
   }
 
