@@ -3,12 +3,14 @@ import { dnsCheck } from './commands/dns.ts';
 import { failedList, failedReport, failedRetry, failedShow } from './commands/failed.ts';
 import { grep } from './commands/grep.ts';
 import { queueStats } from './commands/queue.ts';
+import { queueDelete, queueFlush, queueHold, queueList, queueRelease } from './commands/queue-control.ts';
+import { suppressionAdd, suppressionCheck, suppressionList, suppressionRemove } from './commands/suppression.ts';
 import { send } from './commands/send.ts';
 import { status } from './commands/status.ts';
 
 /** `hedwig <group> <command>` or `hedwig <command>`: dispatch, help and exit codes. */
 
-const COMMANDS: Command[] = [queueStats, failedList, failedShow, failedRetry, failedReport, grep, send, status, dnsCheck];
+const COMMANDS: Command[] = [queueStats, queueList, queueFlush, queueHold, queueRelease, queueDelete, suppressionList, suppressionAdd, suppressionRemove, suppressionCheck, failedList, failedShow, failedRetry, failedReport, grep, send, status, dnsCheck];
 
 const USAGE = `Usage: hedwig <command> [options]     (hedwig <command> --help for details)
 
@@ -16,7 +18,8 @@ Commands:
 ${COMMANDS.map((c) => `  ${c.name.padEnd(16)} ${c.summary}`).join('\n')}
 
 Environment: HEDWIG_BEANSTALK_SERVERS (host:port,...), HEDWIG_MAILMAN (host:port),
-HEDWIG_POSTOFFICE_URL, HEDWIG_FQDN, HEDWIG_KEY / HEDWIG_KEY_FILE.
+HEDWIG_POSTOFFICE_URL, HEDWIG_FQDN, HEDWIG_KEY / HEDWIG_KEY_FILE, HEDWIG_STORE_URL,
+HEDWIG_STORE_PASSWORD_FILE.
 
 Exit codes: 0 ok, 1 failure (e.g. beanstalkd unreachable), 2 usage error, 3 not found.`;
 
