@@ -58,6 +58,8 @@ export interface RelayCellResult {
     transaction: Percentiles | null;
   };
   cpuSecondsPer1000Messages: Record<string, number>;
+  /** Per message and process: read/write system calls and context switches (what batching saves at high concurrency). */
+  perMessage: Record<string, { syscalls: number; contextSwitches: number }>;
   peakRssMB: Record<string, number>;
   meanBytesAtSink: number | null;
   queuedAtEnd: number | null;
@@ -285,6 +287,7 @@ export class Matrix {
     // CPU and memory during this cell, per process (the relay's own, the sink's, the clients', the bench's).
     const cpu: Record<string, number> = {};
     const rss: Record<string, number> = {};
+    const perMessage: Record<string, { syscalls: number; contextSwitches: number }> = {};
     let watchedSeconds = 0;
     let relaySeconds = 0;
     for (const [name, figures] of Object.entries(after.processes)) {
@@ -294,6 +297,13 @@ export class Matrix {
       if (name.startsWith(relay.prefix)) relaySeconds += seconds;
       cpu[name] = handled > 0 ? round((seconds * 1000) / handled, 3) : 0;
       if (figures.peakRssMB > 0) rss[name] = figures.peakRssMB;
+      const was = before.processes[name];
+      if (handled > 0 && figures.syscalls) {
+        perMessage[name] = {
+          syscalls: round(((figures.syscalls ?? 0) - (was?.syscalls ?? 0)) / handled, 2),
+          contextSwitches: round(((figures.contextSwitches ?? 0) - (was?.contextSwitches ?? 0)) / handled, 2),
+        };
+      }
     }
     const clientSecondsCpu = after.clients - before.clients;
     const benchUsage = process.cpuUsage(before.bench);
@@ -329,6 +339,7 @@ export class Matrix {
         transaction: percentiles(transaction),
       },
       cpuSecondsPer1000Messages: cpu,
+      perMessage,
       peakRssMB: rss,
       meanBytesAtSink: relayCounts && relayCounts.received > 0 ? Math.round(relayCounts.bytes / relayCounts.received) : null,
       queuedAtEnd: await relay.queued(),

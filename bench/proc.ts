@@ -12,6 +12,10 @@ export interface ProcessFigures {
   rssMB: number;
   /** User plus system CPU time since the process started. */
   cpuSeconds: number;
+  /** read- and write-type system calls (/proc/PID/io syscr + syscw; 0 when not readable). */
+  syscalls?: number;
+  /** Voluntary plus involuntary context switches: how often the process went to sleep or was preempted. */
+  contextSwitches?: number;
 }
 
 function clockTicksPerSecond(): number {
@@ -23,6 +27,21 @@ function clockTicksPerSecond(): number {
 }
 
 const TICKS = clockTicksPerSecond();
+
+function numberField(status: string, name: string): number {
+  const match = new RegExp(`^${name}:\\s+(\\d+)`, 'm').exec(status);
+  return match ? Number(match[1]) : 0;
+}
+
+/** /proc/PID/io needs the right to trace the process (same user, or root): 0 when it is not ours. */
+function ioSyscalls(pid: number): number {
+  try {
+    const io = readFileSync(`/proc/${pid}/io`, 'utf8');
+    return numberField(io, 'syscr') + numberField(io, 'syscw');
+  } catch {
+    return 0;
+  }
+}
 
 function kbField(status: string, name: string): number {
   const match = new RegExp(`^${name}:\\s+(\\d+) kB`, 'm').exec(status);
@@ -70,6 +89,8 @@ export function readProcessFigures(pid: number): ProcessFigures | undefined {
       peakRssMB: round(kbField(status, 'VmHWM') / 1024),
       rssMB: round(kbField(status, 'VmRSS') / 1024),
       cpuSeconds: round(stat.cpuSeconds, 2),
+      syscalls: ioSyscalls(pid),
+      contextSwitches: numberField(status, 'voluntary_ctxt_switches') + numberField(status, 'nonvoluntary_ctxt_switches'),
     };
   } catch {
     return undefined;
@@ -197,7 +218,14 @@ export class ProcessWatcher {
         const rssMB = live ? figures.rssMB : 0;
         const group = out[name] as GroupFigures | undefined;
         out[name] = group
-          ? { peakRssMB: Math.max(group.peakRssMB, figures.peakRssMB), rssMB: round(group.rssMB + rssMB), cpuSeconds: round(group.cpuSeconds + figures.cpuSeconds, 2), processes: group.processes + 1 }
+          ? {
+              peakRssMB: Math.max(group.peakRssMB, figures.peakRssMB),
+              rssMB: round(group.rssMB + rssMB),
+              cpuSeconds: round(group.cpuSeconds + figures.cpuSeconds, 2),
+              syscalls: (group.syscalls ?? 0) + (figures.syscalls ?? 0),
+              contextSwitches: (group.contextSwitches ?? 0) + (figures.contextSwitches ?? 0),
+              processes: group.processes + 1,
+            }
           : { ...figures, rssMB, processes: 1 };
       }
       out[`${tree.prefix}.exited-unsampled`] = { peakRssMB: 0, rssMB: 0, cpuSeconds: round(tree.unsampledCpuSeconds, 2), processes: 0 };

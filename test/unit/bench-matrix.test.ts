@@ -63,6 +63,7 @@ function relayResult(relay: RelayCellResult['relay'], delivered: number, accepte
     throughput: { acceptedPerSecond: accepted, deliveredPerSecond: delivered },
     latencyMs: { source: 'x', acceptance: p, delivery: p, transaction: p },
     cpuSecondsPer1000Messages: { [`${relay} (all its processes)`]: 1.5 },
+    perMessage: {},
     peakRssMB: relay === 'postfix' ? { 'postfix.smtpd': 9 } : { 'hedwig.mailman': 110, 'hedwig.postoffice': 160, sink: 300 },
     meanBytesAtSink: 2100,
     queuedAtEnd: 0,
