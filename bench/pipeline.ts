@@ -14,6 +14,7 @@ import { startBenchTier, type BenchTier } from './tiers.ts';
 
 export const BENCH_FQDN = 'app.bench.example';
 const MAX_RECIPIENTS = 10;
+const FORWARDER_CONCURRENCY = 16;
 
 export interface PipelineOptions {
   /** Prefix of every process name this pipeline gives the watcher ('hedwig.' in the matrix). Default ''. */
@@ -43,6 +44,8 @@ export class Pipeline {
   readonly prefix: string;
   readonly ehloName: string;
   ownsSink = false;
+  /** SMTP sessions mailman takes, all from 127.0.0.1 as on an app host. */
+  readonly maxClients: number;
 
   constructor(
     readonly args: BenchArgs,
@@ -53,9 +56,19 @@ export class Pipeline {
     this.maxMessageBytes = Math.max(1_048_576, args.size * 2);
     this.prefix = options.prefix ?? '';
     this.ehloName = options.ehloName ?? 'relay.bench.example';
+    this.maxClients = options.maxClients ?? args.concurrency + 20;
     mkdirSync(dir, { recursive: true });
   }
 
+
+  /**
+   * The shared store of this pipeline's post office and worker(s): an SQLite file in the run
+   * directory, the embedded default a single host runs (never the repository's data/hedwig.db,
+   * which another run or the other relay of the matrix would share).
+   */
+  get store(): { url: string } {
+    return { url: `sqlite:${join(this.dir, 'store', 'hedwig.db')}` };
+  }
 
   get beanstalkAddress(): string {
     return this.beanstalkd!.address;
@@ -94,7 +107,12 @@ export class Pipeline {
       {
         listen: { host: '127.0.0.1', port },
         beanstalk: { servers: [this.beanstalkAddress] },
+        store: this.store,
         limits: { maxMessageBytes: this.maxMessageBytes, maxRecipients: MAX_RECIPIENTS },
+        // One mailman sends every request from one address: at most one body per SMTP session
+        // (inline forward) plus the forwarder's. The defaults (64, 8 per address) answer a busier
+        // mailman 503, which sends it into spool-and-retry (README, Benchmark).
+        uploads: { maxPendingBodies: Math.max(64, this.maxClients + FORWARDER_CONCURRENCY), maxPendingBodiesPerAddress: this.maxClients + FORWARDER_CONCURRENCY },
         clients: { [BENCH_FQDN]: { key: this.key, senderDomains: [BENCH_SENDER_DOMAIN] } },
       },
       { dir: this.dir, readyPort: port, logLevel: this.args.logLevel, runtime: this.args.runtime, profileDir: this.args.profile },
@@ -107,6 +125,7 @@ export class Pipeline {
   async startWorkers(): Promise<void> {
     const base = {
       beanstalk: { servers: [this.beanstalkAddress] },
+      store: this.store,
       concurrency: this.args.workerConcurrency,
       ehloName: this.ehloName,
       routes: { [BENCH_RECIPIENT_DOMAIN]: `127.0.0.1:${this.sink!.port}` },
@@ -141,10 +160,12 @@ export class Pipeline {
         hostname: 'mailman.bench.example',
         maxMessageBytes: this.maxMessageBytes,
         maxRecipients: MAX_RECIPIENTS,
-        maxClients: this.options.maxClients ?? this.args.concurrency + 20,
+        maxClients: this.maxClients,
+        // Every client of the bench connects from 127.0.0.1, as the programs of one app host do.
+        maxClientsPerAddress: this.maxClients,
         postoffice: { url: this.postoffice!.url, fqdn: BENCH_FQDN, key: this.key },
         spool: { dir: join(this.dir, 'spool') },
-        forwarder: { concurrency: 16 },
+        forwarder: { concurrency: FORWARDER_CONCURRENCY },
         ops: { host: '127.0.0.1', port: opsPort },
       },
       { dir: this.dir, readyPort: port, logLevel: this.args.logLevel, runtime: this.args.runtime, profileDir: this.args.profile },
