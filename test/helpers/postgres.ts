@@ -8,7 +8,7 @@ import { freePort, waitFor } from './ports.ts';
  * A throwaway PostgreSQL (Debian's `postgresql` package) on 127.0.0.1 and a port the OS
  * picked, its data directory in a temp dir. PostgreSQL refuses to run as root, so under root
  * (CI) it runs as the package's `postgres` user. fsync is off: these tests check hedwig's
- * SQL, not the database's durability.
+ * SQL, not the disk's durability (commits are still synchronous: a killed server keeps them).
  */
 export interface PostgresProcess {
   url: string;
@@ -56,7 +56,7 @@ export async function startPostgres(): Promise<PostgresProcess> {
   let stderr = '';
 
   const start = async (): Promise<void> => {
-    const [cmd, args] = asPostgres(join(bin, 'postgres'), ['-D', data, '-h', '127.0.0.1', '-p', String(port), '-k', dir, '-c', 'fsync=off', '-c', 'synchronous_commit=off', '-c', 'full_page_writes=off']);
+    const [cmd, args] = asPostgres(join(bin, 'postgres'), ['-D', data, '-h', '127.0.0.1', '-p', String(port), '-k', dir, '-c', 'fsync=off', '-c', 'full_page_writes=off']);
     stderr = '';
     const started = spawn(cmd, args, { stdio: ['ignore', 'ignore', 'pipe'] });
     started.stderr!.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
