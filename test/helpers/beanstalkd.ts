@@ -30,6 +30,8 @@ export interface BeanstalkdProcess {
   restart(): Promise<void>;
   /** stderr of the current process, for assertion messages. */
   stderr(): string;
+  /** SIGSTOP (true) or SIGCONT (false) the current process: a beanstalkd that stops answering. */
+  freeze(frozen: boolean): void;
 }
 
 const host = '127.0.0.1';
@@ -121,5 +123,8 @@ export async function startBeanstalkd(options: BeanstalkdOptions = {}): Promise<
       await launch();
     },
     stderr: () => stderr,
+    freeze(frozen) {
+      child?.kill(frozen ? 'SIGSTOP' : 'SIGCONT');
+    },
   };
 }
