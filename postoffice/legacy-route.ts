@@ -50,6 +50,8 @@ export function registerLegacyRoute(app: FastifyInstance, ctx: RouteContext, opt
           if (!auth.ok) return ctx.reject(request, reply, 'legacy', auth.rejection);
           form = { client: auth.value, email: undefined };
         }
+        // Authenticated by now (the key is in the form): see messages-route.ts on the budget.
+        admitted.get(request)?.slot.release();
         const { client, email } = form;
         if (email === undefined) {
           return ctx.reject(request, reply, 'legacy', { status: 400, code: 'invalid_request', message: 'email is required', field: 'email' }, client.fqdn);

@@ -35,8 +35,8 @@ export interface Admitted<T> {
 }
 
 /**
- * Takes an upload slot for the request, released when its response is done (or its
- * connection gone): 413 when it announces more than `limit`, 503 busy when no slot is free.
+ * Takes an upload slot for the request, released once the request is authenticated, or
+ * when its response is done (or its connection gone): 413 when it announces more than `limit`, 503 busy when no slot is free.
  */
 export function admit(ctx: RouteContext, request: FastifyRequest, reply: FastifyReply, limit: number): OrRejection<UploadSlot> {
   const declared = declaredLength(request);
@@ -83,6 +83,10 @@ export function registerMessagesRoute(app: FastifyInstance, ctx: RouteContext, o
         const read = (request.body ?? { body: Buffer.alloc(0), sha256: undefined }) as { body: Buffer; sha256: string | undefined };
         const auth = ctx.gate.signedBody(request, upload.caller, read.sha256 === undefined ? { body: read.body } : { bodySha256: read.sha256 });
         if (!auth.ok) return ctx.reject(request, reply, 'v1', auth.rejection, upload.caller.fqdn);
+        // The budget bounds bodies nobody has vouched for yet; an enrolled host's signed request
+        // no longer counts against it while it waits on beanstalkd, or a mailman forwarding more
+        // than maxPendingBodiesPerAddress messages at once would be answered 503 busy.
+        upload.slot.release();
         const caller = auth.value;
         if (caller.idempotencyKey !== undefined && !IDEMPOTENCY_KEY.test(caller.idempotencyKey)) {
           return ctx.reject(request, reply, 'v1', { status: 400, code: 'invalid_request', message: 'idempotency-key must be 1-200 printable ASCII characters', field: 'idempotency-key' }, caller.fqdn);

@@ -18,7 +18,9 @@ import type { Rejection } from './rejection.ts';
  *   from one client address (IPv6: per /64), else 503 `busy` with Retry-After;
  * - memory: the bytes they hold together stay under `maxPendingBodyBytes`, else the body
  *   that would cross it gets 503 `busy`.
- * A slot is held until the response is sent, so the bytes counted are the bytes held.
+ * A slot is held until the request is authenticated (or answered, or its connection gone):
+ * the bounds are for bodies nobody has vouched for; an enrolled host's requests waiting on
+ * beanstalkd do not count against its address.
  */
 
 export const uploadsConfigSchema = z
