@@ -81,6 +81,12 @@ describe('worker crashes', { timeout: 90_000 }, () => {
 
     worker = await startTier('worker', config);
     await waitFor(async () => Object.values(await tubeCounts(TUBE.outbound)).every((n) => n === 0), { timeoutMs: 20_000, what: 'the job settled and deleted' });
+    // The worker logs a settlement after deleting its job (put before delete, then the log), and
+    // its log lines reach this process through a pipe: wait for them rather than race them.
+    const restarted = worker;
+    const settledEvents = () => restarted.logs.filter((l) => l.messageId === queued.id && ['delivered', 'deferred', 'bounced', 'duplicate_job'].includes(String(l.event)));
+    // A timeout here is reported by the assertion on `delivered` below, with what was logged.
+    await waitFor(() => settledEvents().length >= 2 || settledEvents().some((l) => l.event === 'duplicate_job'), { timeoutMs: 10_000 }).catch(() => undefined);
 
     const accepted = { fast: fast.messages.length, hung: hung.messages.length };
     const duplicates = accepted.fast - 1 + (accepted.hung - 1);
@@ -93,7 +99,7 @@ describe('worker crashes', { timeout: 90_000 }, () => {
       assert.ok(message.raw.toString().endsWith('\r\n\r\nhello\r\n'));
     }
     const delivered = worker.logs.filter((l) => l.event === 'delivered' && l.messageId === queued.id).map((l) => l.recipient);
-    assert.deepEqual(delivered.sort(), ['a@fast.test', 'b@hung.test'], 'the restarted worker settled both recipients');
+    assert.deepEqual(delivered.sort(), ['a@fast.test', 'b@hung.test'], `the restarted worker settled both recipients (it logged: ${JSON.stringify(settledEvents().map((l) => [l.event, l.recipient]))})`);
     assert.equal(await worker.stop(), 0);
   });
 
