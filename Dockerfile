@@ -39,9 +39,9 @@ WORKDIR /app
 COPY --from=deps /src/node_modules ./node_modules
 COPY --from=build /src/dist ./dist
 COPY package.json ./
-# The spool directory exists owned by the runtime user, so a fresh named volume mounted
-# there inherits that ownership.
-RUN mkdir -p /var/spool/hedwig && chown node:node /var/spool/hedwig
+# The directories the tiers write (mailman's spool, the worker's stateDir) exist owned by the
+# runtime user, so a fresh named volume mounted there inherits that ownership.
+RUN mkdir -p /var/spool/hedwig /var/lib/hedwig-worker && chown node:node /var/spool/hedwig /var/lib/hedwig-worker
 # The `node` user (uid 1000) of the base image: no tier needs root. Secrets mounted
 # into /run/secrets/hedwig must be readable by uid 1000.
 USER node

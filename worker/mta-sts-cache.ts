@@ -1,7 +1,8 @@
-import { mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { z } from 'zod';
 import type { Logger } from '../shared/logger.ts';
+import { writeStateFile } from './state-file.ts';
 
 /**
  * The MTA-STS policies a worker has fetched, kept in one JSON file under the worker's state
@@ -9,8 +10,8 @@ import type { Logger } from '../shared/logger.ts';
  * protects the next delivery against a stripped TXT record). A small file rather than the
  * shared store: a policy is per worker knowledge that any worker can fetch again, it is read
  * on every delivery (so it lives in memory anyway) and written only when a policy changes.
- * Writes go to a temporary file that is renamed over the old one, so a crash leaves either
- * the old or the new file. Several workers may share the directory: the last writer wins,
+ * Writes go through `writeStateFile` (a temporary file renamed over the old one), so a crash
+ * leaves either the old or the new file. Several workers may share the directory: the last writer wins,
  * and what each loses is a fetch it can do again.
  */
 
@@ -69,10 +70,7 @@ export function createPolicyFileCache(dir: string | undefined, logger: Logger, n
   function save(): void {
     if (!file || !writable) return;
     try {
-      mkdirSync(dir!, { recursive: true, mode: 0o700 });
-      const tmp = `${file}.${process.pid}.tmp`;
-      writeFileSync(tmp, JSON.stringify({ v: 1, policies: [...policies.values()] }), { mode: 0o600 });
-      renameSync(tmp, file);
+      writeStateFile(dir!, file, JSON.stringify({ v: 1, policies: [...policies.values()] }));
     } catch (err) {
       writable = false;
       logger.warn({ event: 'mta_sts_cache_unwritable', file, reason: (err as NodeJS.ErrnoException).code ?? (err as Error).message }, 'MTA-STS policies are kept in memory only');

@@ -1,10 +1,11 @@
 import { randomUUID } from 'node:crypto';
-import { mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { gzipSync } from 'node:zlib';
 import { z } from 'zod';
 import { mailbox } from '../shared/job.ts';
 import type { Logger } from '../shared/logger.ts';
+import { writeStateFile } from './state-file.ts';
 
 /**
  * TLS-RPT (RFC 8460): counts of TLS sessions per policy domain and policy (an MTA-STS
@@ -161,10 +162,7 @@ export function createTlsRptAggregator(options: { intervalSeconds: number; state
   function save(): void {
     if (!file || !writable) return;
     try {
-      mkdirSync(options.stateDir!, { recursive: true, mode: 0o700 });
-      const tmp = `${file}.${process.pid}.tmp`;
-      writeFileSync(tmp, JSON.stringify({ v: 1, periodStart, policies: [...counts.values()] }), { mode: 0o600 });
-      renameSync(tmp, file);
+      writeStateFile(options.stateDir!, file, JSON.stringify({ v: 1, periodStart, policies: [...counts.values()] }));
     } catch (err) {
       writable = false;
       options.logger.warn({ event: 'tls_rpt_state_unwritable', file, reason: (err as NodeJS.ErrnoException).code ?? (err as Error).message }, 'TLS-RPT counts are kept in memory only');

@@ -345,6 +345,26 @@ describe('docker-compose.yml', () => {
     assert.equal((postgres as { init?: boolean }).init, true);
   });
 
+  it('gives every directory a tier writes a named volume, which the image creates for its user (the containers are read-only)', () => {
+    const writes: Record<Tier, (config: ReturnType<typeof loadTierConfig>) => string[]> = {
+      mailman: (config) => [(config as ReturnType<typeof loadMailmanConfig>).spool.dir],
+      worker: (config) => [(config as ReturnType<typeof loadWorkerConfig>).stateDir],
+      postoffice: () => [],
+    };
+    const runtimeRuns = dockerfileInstructions().filter((i) => i.stage === 'runtime' && i.keyword === 'RUN').map((i) => i.args.split(/\s+/));
+    for (const [name, service, tier] of hedwigServices()) {
+      assert.equal(service.read_only, true, `${name} runs read-only`);
+      for (const dir of writes[tier](loaded.get(name)!)) {
+        assert.ok(dir.startsWith('/'), `${name}: ${dir} is an absolute path in the container, not one under the read-only /app`);
+        const volume = (service.volumes ?? []).map((v) => v.split(':')).find(([, target]) => dir === target || dir.startsWith(`${target}/`));
+        assert.ok(volume && !volume[0]!.startsWith('./') && compose.volumes && volume[0]! in compose.volumes, `${name}: ${dir} is on a named volume`);
+        const mountPoint = volume[1]!;
+        assert.ok(runtimeRuns.some((words) => words.includes('mkdir') && words.includes(mountPoint)), `Dockerfile runtime stage: mkdir ${mountPoint}`);
+        assert.ok(runtimeRuns.some((words) => words.includes('chown') && words.includes('node:node') && words.includes(mountPoint)), `Dockerfile runtime stage: chown node:node ${mountPoint}, or a fresh volume is root's`);
+      }
+    }
+  });
+
   it('gives every service a health check, and Docker more time to stop than each tier takes', () => {
     for (const [name, service] of Object.entries(services)) assert.ok(service.healthcheck?.test?.length, `${name} has a health check`);
     for (const [name, service] of hedwigServices()) {
