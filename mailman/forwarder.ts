@@ -268,7 +268,8 @@ export class Forwarder {
           this.entries.delete(id);
           await spool.remove(id);
           this.succeeded(epoch);
-          logger.info({ event: 'forwarded', spoolId: id, postofficeId: result.id, path: 'spool', size: message.data.length });
+          // Its client had its 250 when it was spooled: only the log can say who was left out.
+          logger.info({ event: 'forwarded', spoolId: id, postofficeId: result.id, path: 'spool', size: message.data.length, ...(result.suppressed ? { suppressed: result.suppressed } : {}) });
           return 'done';
         case 'rejected':
           this.entries.delete(id);

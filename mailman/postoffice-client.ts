@@ -26,8 +26,10 @@ export interface MailmanSubmission {
 export type TemporaryCause = 'unavailable' | 'timeout' | 'error';
 
 export type ForwardResult =
-  | { kind: 'accepted'; id: string }
-  | { kind: 'rejected'; status: number; error: string; message: string }
+  /** `suppressed`: recipients the post office left out (its suppression list); absent when none. */
+  | { kind: 'accepted'; id: string; suppressed?: string[] }
+  /** `suppressed`: with 422 recipients_suppressed, the recipients on the suppression list (all of them). */
+  | { kind: 'rejected'; status: number; error: string; message: string; suppressed?: string[] }
   | { kind: 'temporary'; cause: TemporaryCause; reason: string };
 
 export interface PostofficeClient {
@@ -69,17 +71,23 @@ function parseJsonObject(text: string): Record<string, unknown> | undefined {
   }
 }
 
+/** The post office's `suppressed` field (202 and 422 recipients_suppressed): the strings of it, if any. */
+function suppressedOf(body: Record<string, unknown> | undefined): { suppressed?: string[] } {
+  const list = Array.isArray(body?.suppressed) ? body.suppressed.filter((r): r is string => typeof r === 'string') : [];
+  return list.length > 0 ? { suppressed: list } : {};
+}
+
 export function classifyResponse(response: RawResponse): ForwardResult {
   const body = parseJsonObject(response.body);
   if (response.status >= 200 && response.status < 300) {
     // The post office said it holds the message; a malformed body must not make us send it again.
-    return { kind: 'accepted', id: typeof body?.id === 'string' ? body.id : '(unknown)' };
+    return { kind: 'accepted', id: typeof body?.id === 'string' ? body.id : '(unknown)', ...suppressedOf(body) };
   }
   const error = typeof body?.error === 'string' ? body.error : `http_${response.status}`;
   if (PERMANENT_STATUSES.has(response.status)) {
     const message = typeof body?.message === 'string' ? body.message : '';
     const field = typeof body?.field === 'string' ? ` (field ${body.field})` : '';
-    return { kind: 'rejected', status: response.status, error, message: `${message}${field}` };
+    return { kind: 'rejected', status: response.status, error, message: `${message}${field}`, ...suppressedOf(body) };
   }
   const cause = response.status >= 500 && !OUTAGE_STATUSES.has(response.status) ? 'error' : 'unavailable';
   return { kind: 'temporary', cause, reason: `http ${response.status} ${error}` };

@@ -65,8 +65,35 @@ function replyDetail(text: string): string {
   return text.replace(CONTROL_CHARS, ' ').trim().slice(0, 200);
 }
 
+/** At most this many suppressed recipients are named in a reply, and at most this many characters of them. */
+const SUPPRESSED_NAMED = 3;
+const SUPPRESSED_CHARS = 160;
+
+/**
+ * "a@x, b@y" for the recipients the post office left out, short enough for one reply line
+ * (RFC 5321 §4.5.3.1.5: 512 octets): the first few, then "and N more".
+ */
+export function suppressedList(recipients: readonly string[]): string {
+  const named: string[] = [];
+  let length = 0;
+  for (const recipient of recipients) {
+    const clean = replyDetail(recipient).slice(0, 80);
+    if (named.length >= SUPPRESSED_NAMED || (named.length > 0 && length + clean.length + 2 > SUPPRESSED_CHARS)) break;
+    named.push(clean);
+    length += clean.length + 2;
+  }
+  const more = recipients.length - named.length;
+  return more > 0 ? `${named.join(', ')} and ${more} more` : named.join(', ');
+}
+
 /** Maps a permanent post office rejection to the SMTP reply the client sees. */
-export function rejectionReply(rejection: { status: number; error: string; message: string }): SmtpReplyError {
+export function rejectionReply(rejection: { status: number; error: string; message: string; suppressed?: readonly string[] }): SmtpReplyError {
+  // Every recipient is on the suppression list: "bad destination mailbox address" (RFC 3463),
+  // as the bounce that put them there said; nothing was queued.
+  if (rejection.status === 422 && rejection.error === 'recipients_suppressed') {
+    const who = rejection.suppressed && rejection.suppressed.length > 0 ? `: ${suppressedList(rejection.suppressed)}` : '';
+    return smtpError(550, `5.1.1 Every recipient is on the suppression list${who}`);
+  }
   const detail = replyDetail(rejection.message ? `${rejection.error}: ${rejection.message}` : rejection.error);
   switch (rejection.status) {
     case 401:
@@ -123,8 +150,8 @@ export function createSmtpServer(deps: SmtpDependencies): SMTPServer {
       deps.postoffice.reportInline(result, attempt);
       if (result.kind === 'accepted') {
         metrics.accepted.inc({ path: 'inline' });
-        logger.info({ event: 'accepted', ...summary, path: 'inline', postofficeId: result.id });
-        return `2.0.0 Ok: queued as ${id}`;
+        logger.info({ event: 'accepted', ...summary, path: 'inline', postofficeId: result.id, ...(result.suppressed ? { suppressed: result.suppressed } : {}) });
+        return result.suppressed ? `2.0.0 Ok: queued as ${id}; suppressed: ${suppressedList(result.suppressed)}` : `2.0.0 Ok: queued as ${id}`;
       }
       if (result.kind === 'rejected') {
         throw reject(result.error, { ...summary, status: result.status, error: result.error }, rejectionReply(result));

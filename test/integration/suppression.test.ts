@@ -1,5 +1,8 @@
 import assert from 'node:assert/strict';
+import { existsSync, mkdtempSync, readdirSync } from 'node:fs';
 import { createServer, type Server } from 'node:http';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { pino } from 'pino';
 import { Registry } from 'prom-client';
@@ -9,16 +12,19 @@ import { signRequest } from '../../shared/signing.ts';
 import { startWorker, type RunningWorker } from '../../worker/server.ts';
 import { startBeanstalkd, type BeanstalkdProcess } from '../helpers/beanstalkd.ts';
 import { jsonOf, runHedwig } from '../helpers/cli.ts';
+import { run } from '../helpers/mailman-harness.ts';
 import { freePort, waitFor } from '../helpers/ports.ts';
 import { startSmtpSink, type SmtpSink } from '../helpers/smtp-sink.ts';
 import { testStoreUrl } from '../helpers/store.ts';
+import { startTier, type TierProcess } from '../helpers/tiers.ts';
 import { testWorkerConfig } from '../helpers/worker-config.ts';
 
 /**
  * The suppression list end to end: a recipient that bounces with 550 5.1.1 is put on the list
  * by the worker; the post office then leaves it out of submissions (202 says which, 422 when
  * nobody is left), tells the webhook and the history, except for an exempt host; the CLI
- * manages the list.
+ * manages the list; mailman tells an SMTP client still connected which recipients were left out
+ * (250 ...; suppressed: ...) and refuses the message when nobody is left (550 5.1.1).
  */
 
 const FQDN = 'app1.example.com';
@@ -32,6 +38,7 @@ describe('suppression list', { timeout: 120_000 }, () => {
   let postoffice: RunningPostoffice;
   let worker: RunningWorker;
   let receiver: Server;
+  let mailman: TierProcess | undefined;
   const events: Array<Record<string, unknown>> = [];
   const env = { HEDWIG_STORE_URL: testStoreUrl() };
 
@@ -82,6 +89,7 @@ describe('suppression list', { timeout: 120_000 }, () => {
   });
 
   after(async () => {
+    await mailman?.stop();
     await worker?.stop();
     await postoffice?.stop();
     await beanstalkd?.stop();
@@ -158,5 +166,55 @@ describe('suppression list', { timeout: 120_000 }, () => {
     const unreachable = await runHedwig(['suppression', 'list', '--store', `postgres://hedwig@127.0.0.1:${await freePort()}/x`], { env });
     assert.equal(unreachable.code, 1);
     assert.match(unreachable.stderr, /--store: cannot open postgres:\/\/hedwig@127\.0\.0\.1:\d+\/x: ECONNREFUSED/);
+  });
+
+  it('mailman names the suppressed recipients in its 250 to a connected client (swaks), and answers 550 5.1.1 without spooling when nobody is left', async () => {
+    for (const address of ['blocked1@ok.test', 'blocked2@ok.test']) {
+      assert.equal((await runHedwig(['suppression', 'add', address, '--ttl', '1d', '--reason', 'test'], { env })).code, 0);
+    }
+    const spoolDir = mkdtempSync(join(tmpdir(), 'hedwig-suppression-spool-'));
+    const port = await freePort();
+    mailman = await startTier(
+      'mailman',
+      {
+        listen: { host: '127.0.0.1', port },
+        allowedNetworks: ['127.0.0.0/8'],
+        hostname: 'mailman.hedwig.test',
+        postoffice: { url: postoffice.url, fqdn: FQDN, key: KEY, timeoutMs: 5000 },
+        spool: { dir: spoolDir },
+        ops: { host: '127.0.0.1', port: await freePort() },
+      },
+      { readyPort: port },
+    );
+    const swaks = (to: string, tag: string) =>
+      run('swaks', ['--server', `127.0.0.1:${port}`, '--from', 'app@example.com', '--to', to, '--header', `Subject: ${tag}`, '--body', 'hello', '--timeout', '15']);
+    // The reply to the final dot: the last in swaks's transcript (`<-  250 ...`, `<** 550 ...`) before QUIT's 221.
+    const finalReply = (transcript: string) =>
+      transcript
+        .split('\n')
+        .map((l) => /^ *<[-~*]+ +(\d{3}[ -].*)$/.exec(l)?.[1])
+        .filter((l): l is string => l !== undefined && !l.startsWith('221'))
+        .at(-1);
+
+    const partial = await swaks('blocked1@ok.test,kept@ok.test,Blocked2@OK.test', 'partly-suppressed');
+    assert.equal(partial.code, 0, partial.stdout + partial.stderr);
+    assert.match(finalReply(partial.stdout) ?? '', /^250 2\.0\.0 Ok: queued as \S+; suppressed: blocked1@ok\.test, Blocked2@OK\.test$/);
+    await waitFor(() => delivered('kept@ok.test') === 1, { timeoutMs: 15_000, what: 'the recipient not suppressed delivered' });
+    assert.equal(delivered('blocked1@ok.test') + delivered('blocked2@ok.test'), 0);
+
+    const refused = await swaks('blocked1@ok.test,blocked2@ok.test', 'all-suppressed');
+    assert.notEqual(refused.code, 0, 'swaks reports the refusal');
+    assert.match(finalReply(refused.stdout) ?? '', /^550 5\.1\.1 Every recipient is on the suppression list: blocked1@ok\.test, blocked2@ok\.test$/);
+    const rejected = await waitFor(() => mailman!.logs.find((l) => l.event === 'rejected' && l.reason === 'recipients_suppressed'), { what: "mailman's rejected line" });
+    assert.deepEqual(rejected.rcpttos, ['blocked1@ok.test', 'blocked2@ok.test']);
+    const files = (folder: string) => (existsSync(join(spoolDir, folder)) ? readdirSync(join(spoolDir, folder)) : []);
+    assert.deepEqual([...files('new'), ...files('failed')], [], 'nothing spooled: the client was told');
+
+    // More than a line's worth: the first few are named, then a count.
+    const many = Array.from({ length: 8 }, (_, i) => `many-${i}@ok.test`);
+    for (const address of many) assert.equal((await runHedwig(['suppression', 'add', address, '--ttl', '1d'], { env })).code, 0);
+    const capped = await swaks([...many, 'kept2@ok.test'].join(','), 'many-suppressed');
+    assert.equal(capped.code, 0, capped.stdout + capped.stderr);
+    assert.match(finalReply(capped.stdout) ?? '', /^250 2\.0\.0 Ok: queued as \S+; suppressed: many-0@ok\.test, many-1@ok\.test, many-2@ok\.test and 5 more$/);
   });
 });

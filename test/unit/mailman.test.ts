@@ -7,7 +7,7 @@ import { ConfigError } from '../../shared/config.ts';
 import { loadMailmanConfig } from '../../mailman/config.ts';
 import { createNetworkMatcher, parseCidr } from '../../mailman/networks.ts';
 import { classifyResponse } from '../../mailman/postoffice-client.ts';
-import { rejectionReply } from '../../mailman/smtp.ts';
+import { rejectionReply, suppressedList } from '../../mailman/smtp.ts';
 import { Spool, decodeSpoolFile, encodeSpoolFile, isSpoolId, newSpoolId } from '../../mailman/spool.ts';
 
 const dirs: string[] = [];
@@ -199,5 +199,27 @@ describe('post office answers', () => {
     assert.match(reply(403), /^554 5\.7\.1 /);
     assert.match(reply(413), /^552 5\.3\.4 Message size exceeds fixed maximum message size/);
     assert.match(reply(400), /^554 5\.6\.0 /);
+  });
+
+  it('reads the suppressed recipients of a 202 and of 422 recipients_suppressed, which becomes 550 5.1.1; another 422 stays 554 5.6.0', () => {
+    assert.deepEqual(classify(202, { id: 'job-1', suppressed: ['a@x.test', 7, 'b@y.test'] }), { kind: 'accepted', id: 'job-1', suppressed: ['a@x.test', 'b@y.test'] });
+    assert.deepEqual(classify(202, { id: 'job-1', suppressed: [] }), { kind: 'accepted', id: 'job-1' });
+    const all = classify(422, { error: 'recipients_suppressed', message: 'every recipient is on the suppression list', field: 'rcpttos', suppressed: ['a@x.test'] });
+    assert.equal(all.kind, 'rejected');
+    const err = rejectionReply(all as Extract<typeof all, { kind: 'rejected' }>);
+    assert.equal(`${err.responseCode} ${err.message}`, '550 5.1.1 Every recipient is on the suppression list: a@x.test');
+    const reused = rejectionReply({ status: 422, error: 'idempotency_key_reused', message: 'x' });
+    assert.match(`${reused.responseCode} ${reused.message}`, /^554 5\.6\.0 /);
+  });
+
+  it('names at most three suppressed recipients and 160 characters of them, then a count, without control characters', () => {
+    assert.equal(suppressedList(['a@x.test']), 'a@x.test');
+    assert.equal(suppressedList(['a@x.test', 'b@x.test', 'c@x.test']), 'a@x.test, b@x.test, c@x.test');
+    assert.equal(suppressedList(['a@x.test', 'b@x.test', 'c@x.test', 'd@x.test', 'e@x.test']), 'a@x.test, b@x.test, c@x.test and 2 more');
+    const long = (c: string) => `${c.repeat(70)}@x.test`;
+    assert.equal(suppressedList([long('a'), long('b'), long('c')]), `${long('a')}, ${long('b')} and 1 more`);
+    assert.equal(suppressedList(['a@x.test\r\n250 injected']), 'a@x.test 250 injected');
+    const line = `250 2.0.0 Ok: queued as 0mx5sa9hz-a82897066616; suppressed: ${suppressedList(Array.from({ length: 100 }, () => `${'z'.repeat(64)}@${'d'.repeat(180)}.test`))}`;
+    assert.ok(line.length < 510, `one reply line (${line.length})`);
   });
 });
