@@ -3,7 +3,7 @@ import { isIP } from 'node:net';
 import { spf } from 'mailauth/lib/spf/index.js';
 import type { LookupFunction } from 'node:net';
 import { fetchStsPolicy, stsMxMatches, stsPolicyId } from '../worker/mta-sts.ts';
-import { parseTlsRptRecord } from '../worker/tls-rpt.ts';
+import { parseTlsRptRecord } from '../worker/tls-rpt-report.ts';
 
 /**
  * What `hedwig dns check DOMAIN` looks at: everything a sending domain must publish for its

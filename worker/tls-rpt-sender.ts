@@ -4,7 +4,8 @@ import type { LookupFunction } from 'node:net';
 import { domainOf } from '../shared/address.ts';
 import type { OutboundJob } from '../shared/job.ts';
 import type { Logger } from '../shared/logger.ts';
-import { buildReport, gzipReport, parseTlsRptRecord, reportMessage, type Period, type ReportIdentity, type TlsRptAggregator } from './tls-rpt.ts';
+import type { Period, TlsRptAggregator } from './tls-rpt.ts';
+import { buildReport, gzipReport, parseTlsRptRecord, reportMessage, type ReportIdentity } from './tls-rpt-report.ts';
 
 /**
  * Sends the aggregate reports of ended periods to every address a policy domain publishes in

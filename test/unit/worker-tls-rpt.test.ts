@@ -8,7 +8,8 @@ import { join } from 'node:path';
 import { gunzipSync } from 'node:zlib';
 import { pino } from 'pino';
 import type { OutboundJob } from '../../shared/job.ts';
-import { buildReport, createTlsRptAggregator, parseTlsRptRecord, periodStartOf, type PolicyDescription } from '../../worker/tls-rpt.ts';
+import { createTlsRptAggregator, periodStartOf, type PolicyDescription } from '../../worker/tls-rpt.ts';
+import { buildReport, parseTlsRptRecord } from '../../worker/tls-rpt-report.ts';
 import { sendPeriod } from '../../worker/tls-rpt-sender.ts';
 
 /** TLS-RPT (RFC 8460): counting sessions per policy, the report format, and where reports go. */
