@@ -3,6 +3,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
 let url: string | undefined;
+let stateDir: string | undefined;
 
 /**
  * The store of this test file: one SQLite file in a temp dir, shared by every tier the file
@@ -12,4 +13,13 @@ let url: string | undefined;
 export function testStoreUrl(): string {
   url ??= `sqlite:${join(mkdtempSync(join(tmpdir(), 'hedwig-store-')), 'store.db')}`;
   return url;
+}
+
+/**
+ * The worker's stateDir of this test file (MTA-STS policies, TLS-RPT counts): a temp dir, since
+ * the default ./data/worker is inside the repository (the data/ guard of `npm test` fails then).
+ */
+export function testStateDir(): string {
+  stateDir ??= mkdtempSync(join(tmpdir(), 'hedwig-worker-state-'));
+  return stateDir;
 }

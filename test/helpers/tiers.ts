@@ -5,10 +5,19 @@ import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { stringify } from 'yaml';
 import { waitFor } from './ports.ts';
-import { testStoreUrl } from './store.ts';
+import { testStateDir, testStoreUrl } from './store.ts';
 
-function hasStore(config: unknown): boolean {
-  return typeof config === 'object' && config !== null && 'store' in config;
+function has(config: unknown, key: string): boolean {
+  return typeof config === 'object' && config !== null && key in config;
+}
+
+/** The store (post office, worker) and state directory (worker) of this test file, unless the config names its own. */
+function testEnvironment(name: TierName, config: unknown): NodeJS.ProcessEnv {
+  const tier = name.toUpperCase();
+  return {
+    ...(name === 'mailman' || has(config, 'store') ? {} : { [`HEDWIG_${tier}__STORE__URL`]: testStoreUrl() }),
+    ...(name === 'worker' && !has(config, 'stateDir') ? { HEDWIG_WORKER__STATE_DIR: testStateDir() } : {}),
+  };
 }
 
 const root = resolve(import.meta.dirname, '..', '..');
@@ -55,8 +64,8 @@ export async function startTier(
   const entry = options.distDir ? [join(options.distDir, name, 'main.js')] : ['--import', 'tsx', join(root, name, 'main.ts')];
   const child = spawn(process.execPath, [...entry, '--config', configFile], {
     cwd: root,
-    // Every post office and worker of this test file shares one store (test/helpers/store.ts) unless the test names its own.
-    env: { ...process.env, LOG_LEVEL: 'info', ...(name === 'mailman' || hasStore(config) ? {} : { [`HEDWIG_${name.toUpperCase()}__STORE__URL`]: testStoreUrl() }), ...options.env },
+    // Every post office and worker of this test file shares one store and workers one stateDir (test/helpers/store.ts) unless the test names its own.
+    env: { ...process.env, LOG_LEVEL: 'info', ...testEnvironment(name, config), ...options.env },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   const logs: Array<Record<string, unknown>> = [];

@@ -1,5 +1,5 @@
 import { workerConfigSchema, type WorkerConfig } from '../../worker/config.ts';
-import { testStoreUrl } from './store.ts';
+import { testStateDir, testStoreUrl } from './store.ts';
 
 /**
  * The config of an in-process worker for tests that look at the queue and the tiers
@@ -10,6 +10,7 @@ import { testStoreUrl } from './store.ts';
  */
 export function testWorkerConfig(beanstalkAddress: string, settings: Record<string, unknown>): WorkerConfig {
   return workerConfigSchema.parse({ store: { url: testStoreUrl() },
+    stateDir: testStateDir(),
     beanstalk: { servers: [beanstalkAddress] },
     concurrency: 1,
     ehloName: 'worker.hedwig.test',

@@ -12,6 +12,7 @@ import { startWorker, type RunningWorker } from '../../worker/server.ts';
 import { startBeanstalkd, type BeanstalkdProcess } from '../helpers/beanstalkd.ts';
 import { waitFor } from '../helpers/ports.ts';
 import { startSmtpSink, type SmtpSink } from '../helpers/smtp-sink.ts';
+import { testStoreUrl } from '../helpers/store.ts';
 import { startTarpit, type Tarpit } from '../helpers/tarpit.ts';
 
 /**
@@ -84,6 +85,7 @@ describe('a tarpit domain with more messages than the worker has reserve loops',
     tarpit = await startTarpit({ trickleAt: 'EHLO', byteEveryMs: 1000 });
     sink = await startSmtpSink();
     const config = workerConfigSchema.parse({
+      store: { url: testStoreUrl() },
       beanstalk: { servers: [beanstalkd.address] },
       concurrency: CONCURRENCY,
       ehloName: 'worker.hedwig.test',

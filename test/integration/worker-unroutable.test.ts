@@ -12,6 +12,7 @@ import { startBeanstalkd, type BeanstalkdProcess } from '../helpers/beanstalkd.t
 import { startDns, type DnsServer } from '../helpers/dns.ts';
 import { freePort } from '../helpers/ports.ts';
 import { startSmtpSink, type SmtpSink } from '../helpers/smtp-sink.ts';
+import { testStoreUrl } from '../helpers/store.ts';
 
 /**
  * Mail the worker must never try to deliver, through a real worker, beanstalkd and DNS
@@ -51,6 +52,7 @@ describe('mail the worker refuses to deliver', { timeout: 90_000 }, () => {
     });
     beanstalkd = await startBeanstalkd({ maxJobSize: 1_048_576 });
     const config = workerConfigSchema.parse({
+      store: { url: testStoreUrl() },
       beanstalk: { servers: [beanstalkd.address] },
       concurrency: 1,
       ehloName: 'worker.hedwig.test',
