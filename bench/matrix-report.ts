@@ -1,5 +1,52 @@
-import type { RelayName } from './cells.ts';
-import type { CellResult, RelayCellResult } from './matrix.ts';
+import type { CellSpec, RelayName } from './cells.ts';
+import type { Percentiles } from './stats.ts';
+
+/** What the matrix (bench/matrix.ts) measured per cell and relay, and the summary made from it. */
+
+export interface RelayCellResult {
+  relay: RelayName;
+  /** The client's command line (for a rate cell, the load generator's settings). */
+  command: string;
+  messages: number;
+  accepted: number;
+  /** Client-side failures: smtp-source's exit status and message, msmtp's failed processes, the load generator's reply codes. */
+  failures: Record<string, number> | { exitCode: number | null; stderr: string };
+  delivered: number;
+  /** Accepted but not at the sink when the cell ended. */
+  missing: number;
+  duplicates: number;
+  /** Arrivals from another relay during this cell (should be 0). */
+  foreignArrivals: number;
+  seconds: { client: number; delivering: number };
+  throughput: { acceptedPerSecond: number; deliveredPerSecond: number };
+  latencyMs: {
+    source: string;
+    /** End of DATA (final dot written) -> 250. */
+    acceptance: Percentiles | null;
+    /** 250 -> arrival at the sink. */
+    delivery: Percentiles | null;
+    /** Connection opened (or MAIL for kept connections) -> 250: what one msmtp call or cron job waits. */
+    transaction: Percentiles | null;
+  };
+  cpuSecondsPer1000Messages: Record<string, number>;
+  /** Per message and process: read/write system calls and context switches (what batching saves at high concurrency). */
+  perMessage: Record<string, { syscalls: number; contextSwitches: number }>;
+  peakRssMB: Record<string, number>;
+  meanBytesAtSink: number | null;
+  queuedAtEnd: number | null;
+  machine: { otherCpuSeconds: number | null; cpuBusyShare: number | null };
+}
+
+export interface CellResult {
+  cell: string;
+  client: CellSpec['client'];
+  connection: CellSpec['connection'];
+  sessions: number;
+  ratePerSecond: number | null;
+  relays: Partial<Record<RelayName, RelayCellResult | { error: string }>>;
+  /** hedwig / Postfix (and hedwig without DKIM / Postfix). */
+  ratio: Record<string, { acceptedPerSecond: number | null; deliveredPerSecond: number | null }>;
+}
 
 /** The figures of a relay in a cell, or undefined when it failed or did not run there. */
 function figures(cell: CellResult, relay: RelayName): RelayCellResult | undefined {

@@ -16,15 +16,16 @@ import { cpus } from 'node:os';
 import { join } from 'node:path';
 import type { BenchArgs } from './args.ts';
 import type { CellSpec, RelayName } from './cells.ts';
-import { clientMissing, runMsmtp, runSmtpSource, type ClientRun } from './clients.ts';
+import { runMsmtp, runSmtpSource, type ClientRun } from './clients.ts';
+import type { CellResult, RelayCellResult } from './matrix-report.ts';
 import { benchPlan } from './message.ts';
-import { postfixUnavailable } from './postfix.ts';
 import { machineBusySeconds, reapedChildrenCpuSeconds, round, type ProcessFigures, type ProcessWatcher } from './proc.ts';
 import { startRelays, type MatrixRelay } from './relays.ts';
+import { progress } from './report.ts';
 import { nowMs } from './sink.ts';
 import type { SinkProcess } from './sink-process.ts';
 import { runSmtpLoad, type SmtpLoadResult } from './smtp-load.ts';
-import { percentiles, type Percentiles } from './stats.ts';
+import { percentiles } from './stats.ts';
 
 /** Enough probe connections that a slow relay (100 ms or more per message) still gets the probe rate. */
 const probeConnections = (rate: number) => Math.max(2, Math.ceil(rate / 4));
@@ -32,71 +33,8 @@ const probeConnections = (rate: number) => Math.max(2, Math.ceil(rate / 4));
 const PROBE_ID_BASE = 0;
 const WARMUP_ID_BASE = 500_000_000;
 
-export interface RelayCellResult {
-  relay: RelayName;
-  /** The client's command line (for a rate cell, the load generator's settings). */
-  command: string;
-  messages: number;
-  accepted: number;
-  /** Client-side failures: smtp-source's exit status and message, msmtp's failed processes, the load generator's reply codes. */
-  failures: Record<string, number> | { exitCode: number | null; stderr: string };
-  delivered: number;
-  /** Accepted but not at the sink when the cell ended. */
-  missing: number;
-  duplicates: number;
-  /** Arrivals from another relay during this cell (should be 0). */
-  foreignArrivals: number;
-  seconds: { client: number; delivering: number };
-  throughput: { acceptedPerSecond: number; deliveredPerSecond: number };
-  latencyMs: {
-    source: string;
-    /** End of DATA (final dot written) -> 250. */
-    acceptance: Percentiles | null;
-    /** 250 -> arrival at the sink. */
-    delivery: Percentiles | null;
-    /** Connection opened (or MAIL for kept connections) -> 250: what one msmtp call or cron job waits. */
-    transaction: Percentiles | null;
-  };
-  cpuSecondsPer1000Messages: Record<string, number>;
-  /** Per message and process: read/write system calls and context switches (what batching saves at high concurrency). */
-  perMessage: Record<string, { syscalls: number; contextSwitches: number }>;
-  peakRssMB: Record<string, number>;
-  meanBytesAtSink: number | null;
-  queuedAtEnd: number | null;
-  machine: { otherCpuSeconds: number | null; cpuBusyShare: number | null };
-}
-
-export interface CellResult {
-  cell: string;
-  client: CellSpec['client'];
-  connection: CellSpec['connection'];
-  sessions: number;
-  ratePerSecond: number | null;
-  relays: Partial<Record<RelayName, RelayCellResult | { error: string }>>;
-  /** hedwig / Postfix (and hedwig without DKIM / Postfix). */
-  ratio: Record<string, { acceptedPerSecond: number | null; deliveredPerSecond: number | null }>;
-}
-
-function progress(line: string): void {
-  process.stderr.write(`bench: ${line}\n`);
-}
-
 async function sleep(ms: number): Promise<void> {
   await new Promise((r) => setTimeout(r, ms));
-}
-
-/** Why the matrix cannot run here (a missing client or Postfix), or undefined. */
-export async function matrixUnavailable(args: BenchArgs): Promise<string | undefined> {
-  const clients = new Set(args.cells.map((c) => c.client));
-  for (const client of ['smtp-source', 'msmtp'] as const) {
-    const missing = clients.has(client) ? clientMissing(client) : undefined;
-    if (missing) return missing;
-  }
-  if (args.relays.includes('postfix')) {
-    const why = await postfixUnavailable();
-    if (why) return `${why} (or leave Postfix out: --relays hedwig)`;
-  }
-  return undefined;
 }
 
 interface Snapshot {

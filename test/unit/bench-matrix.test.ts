@@ -7,7 +7,7 @@ import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { parseBenchArgs } from '../../bench/args.ts';
 import { DEFAULT_CELLS, parseCells } from '../../bench/cells.ts';
-import type { CellResult, RelayCellResult } from '../../bench/matrix.ts';
+import type { CellResult, RelayCellResult } from '../../bench/matrix-report.ts';
 import { judgeTargets, summarize } from '../../bench/matrix-report.ts';
 import { arrivalKey } from '../../bench/sink.ts';
 
