@@ -10,16 +10,24 @@
  *       A key pair for DKIM (RSA, default 2048 bits, or Ed25519, RFC 8463); the private key
  *       is written with mode 0600 and the DNS records to publish are printed (DKIM TXT, SPF,
  *       DMARC, and A/PTR/MX advice).
+ *
+ *   key-generator.ts --smtp-user NAME [--allowed-sender ADDRESS|@DOMAIN ...] [--password-stdin] [--json]
+ *       An SMTP AUTH user for mailman's auth.users: the password read from stdin (one line), or a
+ *       fresh one (24 bytes from the CSPRNG) printed this once, and its scrypt hash, which is
+ *       all the config keeps.
  */
 import { generateKeyPairSync, randomBytes } from 'node:crypto';
-import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
+import { hashPassword } from './mailman/password-hash.ts';
+import { isSenderPattern, isValidUserName } from './mailman/smtp-auth.ts';
 import { isValidDomain } from './shared/address.ts';
 
 const USAGE = `usage:
   key-generator.ts --fqdn HOST [--sender-domain DOMAIN ...] [--postoffice-url URL] [--json]
-  key-generator.ts --dkim DOMAIN --selector SELECTOR [--algorithm rsa|ed25519] [--bits 2048] [--out DIR] [--ehlo NAME] [--ip ADDRESS] [--json]`;
+  key-generator.ts --dkim DOMAIN --selector SELECTOR [--algorithm rsa|ed25519] [--bits 2048] [--out DIR] [--ehlo NAME] [--ip ADDRESS] [--json]
+  key-generator.ts --smtp-user NAME [--allowed-sender ADDRESS|@DOMAIN ...] [--password-stdin] [--json]`;
 
 export const HOST_KEY_BYTES = 32;
 
@@ -49,6 +57,24 @@ export function hostEnrolment(fqdn: string, key: string, senderDomains: string[]
     `    senderDomains: [${senderDomains.join(', ')}]`,
   ].join('\n');
   return { fqdn, key, senderDomains, mailman, postoffice };
+}
+
+export function generateSmtpPassword(): string {
+  return randomBytes(24).toString('base64url');
+}
+
+/** The auth.users entry for mailman's config; the password itself is in no part of it. */
+export function smtpUserEnrolment(name: string, password: string, allowedSenders: string[] | undefined) {
+  const passwordHash = hashPassword(password);
+  const mailman = [
+    '# mailman.yaml: add under auth.users (restart mailman; remove the entry to revoke the user)',
+    'auth:',
+    '  users:',
+    `    ${JSON.stringify(name)}:`,
+    `      passwordHash: ${JSON.stringify(passwordHash)}`,
+    ...(allowedSenders ? [`      allowedSenders: [${allowedSenders.map((s) => JSON.stringify(s)).join(', ')}]`] : []),
+  ].join('\n');
+  return { user: name, passwordHash, ...(allowedSenders ? { allowedSenders } : {}), mailman };
 }
 
 /** DNS TXT strings are at most 255 octets each; long DKIM keys are split into several. */
@@ -110,6 +136,9 @@ function main(argv: string[]): number {
         out: { type: 'string', default: './data/dkim' },
         ehlo: { type: 'string' },
         ip: { type: 'string' },
+        'smtp-user': { type: 'string' },
+        'allowed-sender': { type: 'string', multiple: true },
+        'password-stdin': { type: 'boolean', default: false },
         json: { type: 'boolean', default: false },
         help: { type: 'boolean', short: 'h', default: false },
       },
@@ -138,6 +167,7 @@ function main(argv: string[]): number {
     process.stdout.write(args.json ? `${JSON.stringify(enrolment, null, 2)}\n` : `${enrolment.mailman}\n\n${enrolment.postoffice}\n`);
     return 0;
   }
+  if (args['smtp-user'] !== undefined) return smtpUser(args['smtp-user'], args['allowed-sender'], args['password-stdin'], args.json);
   if (args.dkim) {
     const bits = Number(args.bits);
     if (!isValidDomain(args.dkim)) {
@@ -187,6 +217,38 @@ function main(argv: string[]): number {
   }
   process.stderr.write(`${USAGE}\n`);
   return 64;
+}
+
+function smtpUser(name: string, allowedSenders: string[] | undefined, fromStdin: boolean, json: boolean): number {
+  if (!isValidUserName(name)) {
+    process.stderr.write('--smtp-user: 1 to 255 characters without spaces or control characters\n');
+    return 64;
+  }
+  const bad = allowedSenders?.find((s) => !isSenderPattern(s));
+  if (bad !== undefined) {
+    process.stderr.write(`--allowed-sender: not an address or @domain: ${bad}\n`);
+    return 64;
+  }
+  let password: string;
+  if (fromStdin) {
+    try {
+      password = readFileSync(0, 'utf8').replace(/\r?\n$/, '');
+    } catch (err) {
+      process.stderr.write(`cannot read the password from stdin: ${(err as Error).message}\n`);
+      return 66;
+    }
+    if (password === '' || /[\r\n]/.test(password)) {
+      process.stderr.write('--password-stdin: expected one non-empty line\n');
+      return 64;
+    }
+  } else {
+    password = generateSmtpPassword();
+  }
+  const enrolment = smtpUserEnrolment(name, password, allowedSenders);
+  const shown = fromStdin ? {} : { password };
+  if (json) process.stdout.write(`${JSON.stringify({ ...enrolment, ...shown }, null, 2)}\n`);
+  else process.stdout.write(`${fromStdin ? '' : `# password for ${name} (shown this once, stored nowhere): ${password}\n\n`}${enrolment.mailman}\n`);
+  return 0;
 }
 
 if (import.meta.url === `file://${process.argv[1]}` || process.argv[1]?.endsWith('key-generator.ts')) {

@@ -2,6 +2,7 @@ import { hostname as osHostname } from 'node:os';
 import { z } from 'zod';
 import { loadConfig, resolveSecret, type ConfigWarning } from '../shared/config.ts';
 import { parseCidr } from './networks.ts';
+import { smtpAuthConfigSchema } from './smtp-auth.ts';
 
 const positiveInt = z.number().int().positive();
 const port = z.number().int().min(0).max(65535);
@@ -43,6 +44,9 @@ export const mailmanConfigSchema = z
       .strict()
       .prefault({})
       .refine((tls) => Boolean(tls.cert) === Boolean(tls.key), { message: 'set both tls.cert and tls.key, or neither' }),
+    // SMTP AUTH (PLAIN, LOGIN), off unless users are listed: offered to loopback clients, to
+    // others only after STARTTLS; with it, clients outside allowedNetworks may send once authenticated.
+    auth: smtpAuthConfigSchema.optional(),
     postoffice: z
       .object({
         url: z.url({ protocol: /^https?$/, error: 'expected an http(s) URL' }),
