@@ -1,20 +1,11 @@
 import { hostname as osHostname } from 'node:os';
 import { z } from 'zod';
 import { loadConfig, resolveSecret, type ConfigWarning } from '../shared/config.ts';
-import { parseCidr } from './networks.ts';
+import { isCidr } from './networks.ts';
 import { smtpAuthConfigSchema } from './smtp-auth.ts';
 
 const positiveInt = z.number().int().positive();
 const port = z.number().int().min(0).max(65535);
-
-function isCidr(value: string): boolean {
-  try {
-    parseCidr(value);
-    return true;
-  } catch {
-    return false;
-  }
-}
 
 /**
  * The file/environment shape. `postoffice.key` or `postoffice.keyFile` (a Docker

@@ -9,6 +9,7 @@ export interface MailmanMetrics {
   forwardAttempts: Counter<'result'>;
   forwarderConcurrency: Gauge;
   postofficeUp: Gauge;
+  auth: Counter<'result'>;
 }
 
 /** `spoolDepth` reads the spool at scrape time, so it is right even after a restart. */
@@ -52,6 +53,12 @@ export function createMailmanMetrics(registry: Registry, spoolDepth: () => Promi
     postofficeUp: new Gauge({
       name: 'hedwig_mailman_postoffice_up',
       help: '1 while the post office takes mail; 0 after an outage (no connection, 502/503/504, a timeout) until a forward succeeds again. While 0, new mail is spooled at once.',
+      registers: [registry],
+    }),
+    auth: new Counter({
+      name: 'hedwig_mailman_auth_total',
+      help: 'SMTP AUTH attempts by result: succeeded, unknown_user, bad_password, authzid_not_permitted, rate_limited (refused unchecked while the client address is locked out).',
+      labelNames: ['result'],
       registers: [registry],
     }),
   };

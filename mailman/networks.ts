@@ -19,6 +19,15 @@ export function parseCidr(value: string): Cidr {
   return { address, prefix: Number(prefixText), family };
 }
 
+export function isCidr(value: string): boolean {
+  try {
+    parseCidr(value);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
 const IPV4_MAPPED = /^::ffff:(\d{1,3}(?:\.\d{1,3}){3})$/i;
 
 /**

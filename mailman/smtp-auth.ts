@@ -1,6 +1,7 @@
 import { z } from 'zod';
 import { isValidDomain, isValidMailbox } from '../shared/address.ts';
 import { AuthFailures } from './auth-failures.ts';
+import { isCidr } from './networks.ts';
 import { dummyHash, parsePasswordHash, verifyPassword, type PasswordHash } from './password-hash.ts';
 
 /**
@@ -42,6 +43,9 @@ export const smtpAuthConfigSchema = z
     // 421 4.7.0 for a client outside allowedNetworks, which can do nothing without AUTH).
     maxFailuresPerAddress: z.number().int().positive().default(10),
     windowSeconds: z.number().int().positive().default(300),
+    // Clients that may AUTH without STARTTLS, their password in clear on the wire: by default the
+    // loopback only, where nothing is on a wire. Everyone else is offered AUTH only under TLS.
+    plaintextNetworks: z.array(z.string().refine(isCidr, { message: 'not a CIDR network' })).default(['127.0.0.0/8', '::1/128']),
   })
   .strict();
 
@@ -76,7 +80,7 @@ export class SmtpAuthenticator {
   readonly #dummy: PasswordHash;
   readonly #failures: AuthFailures;
 
-  constructor(config: SmtpAuthConfig, options: { now?: () => number } = {}) {
+  constructor(config: Pick<SmtpAuthConfig, 'users' | 'maxFailuresPerAddress' | 'windowSeconds'>, options: { now?: () => number } = {}) {
     for (const [name, user] of Object.entries(config.users)) {
       const parsed = parsePasswordHash(user.passwordHash);
       if (!parsed.ok) throw new Error(`auth.users.${name}.passwordHash: ${parsed.message}`); // the schema refused it already

@@ -16,7 +16,22 @@ export interface MailmanConnectionLimits {
   maxMessageBytes: number;
   /** After a 554 greeting, how long to wait for QUIT before closing. */
   refusedWaitMs: number;
+  /** SMTP AUTH is configured (mailman/smtp-auth.ts); where a session may not use it, AUTH gets 538. */
+  auth: boolean;
 }
+
+/**
+ * smtp-server's SASL replies (lib/sasl.js) with the enhanced codes of RFC 4954 §6 (and the
+ * texts Postfix uses). Keyed by code and smtp-server's text; nothing else is rewritten.
+ */
+const SASL_REPLIES: Record<string, string> = {
+  '235 Authentication successful': '2.7.0 Authentication successful',
+  '501 Authentication aborted': '5.7.0 Authentication aborted',
+  '501 Error: invalid userdata': '5.5.2 Invalid authentication data',
+  '501 Error: missing username': '5.5.2 Missing user name',
+  '501 Error: syntax: AUTH PLAIN token': '5.5.4 Syntax: AUTH PLAIN [initial-response]',
+  '501 Error: syntax: AUTH LOGIN': '5.5.4 Syntax: AUTH LOGIN [initial-response]',
+};
 
 const REFUSED_COMMAND_LIMIT = 20;
 
@@ -44,7 +59,16 @@ class MailmanConnection extends SMTPConnection {
   }
 
   override _onCommand(command: Buffer, callback?: () => void): void {
-    if (!this.refused) return super._onCommand(command, callback);
+    if (!this.refused) {
+      // RFC 4954 §6: AUTH where this session may not use it (off the loopback before STARTTLS)
+      // is 538 5.7.11, not smtp-server's "500 command not recognized". Not inside an AUTH
+      // exchange, whose continuation lines are base64, never a command.
+      if (this.limits.auth && !this._nextHandler && /^AUTH(?:\s|$)/i.test(command.toString('latin1').trim()) && !this._isSupported('AUTH')) {
+        this.send(538, '5.7.11 Encryption required for requested authentication mechanism', false);
+        return callback?.();
+      }
+      return super._onCommand(command, callback);
+    }
     const verb = command.toString('latin1').trim().split(/\s+/)[0]!.toUpperCase();
     if (verb === 'QUIT') {
       clearTimeout(this.refused.timer);
@@ -57,6 +81,25 @@ class MailmanConnection extends SMTPConnection {
       this.send(503, '5.5.1 Bad sequence of commands', false);
     }
     callback?.();
+  }
+
+  /** RFC 4954 §4 replies with their enhanced codes where smtp-server has none: a second AUTH, an unknown mechanism. */
+  override handler_AUTH(command: Buffer, callback: () => void): void {
+    const mechanism = (command.toString('latin1').trim().split(/\s+/)[1] ?? '').toUpperCase();
+    if (this.session.user) {
+      this.send(503, '5.5.1 Already authenticated', false);
+      return callback();
+    }
+    if (!(this._server.options.authMethods ?? []).includes(mechanism)) {
+      this.send(504, '5.5.4 Unrecognized authentication type', false);
+      return callback();
+    }
+    super.handler_AUTH(command, callback);
+  }
+
+  override send(code: number, data?: string | string[] | null, context?: string | false): void {
+    const mapped = typeof data === 'string' ? SASL_REPLIES[`${code} ${data}`] : undefined;
+    super.send(code, mapped ?? data, context);
   }
 
   /** smtp-server refuses `SIZE=` over the limit itself, without the enhanced code RFC 1870 §6 and RFC 3463 give (5.3.4). */

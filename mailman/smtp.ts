@@ -8,6 +8,8 @@ import type { MailmanConfig } from './config.ts';
 import type { MailmanMetrics } from './metrics.ts';
 import { createNetworkMatcher } from './networks.ts';
 import { MailmanSmtpServer } from './smtp-connection.ts';
+import type { AuthUser } from './smtp-auth.ts';
+import { SmtpAuthSessions, authUserOf, type Refusal } from './smtp-auth-session.ts';
 import type { InlineAttempt } from './forwarder.ts';
 import type { ForwardResult, PostofficeClient } from './postoffice-client.ts';
 import { newSpoolId, type Spool } from './spool.ts';
@@ -54,6 +56,7 @@ export function smtpError(responseCode: number, text: string): SmtpReplyError {
 }
 
 const CONTROL_CHARS = /[\x00-\x1f\x7f]+/g;
+const isLoopback = createNetworkMatcher(['127.0.0.0/8', '::1/128']);
 /** After a 554 greeting, at most this long to wait for QUIT (or socketTimeoutMs if shorter). */
 const REFUSED_WAIT_MS = 10_000;
 
@@ -131,17 +134,23 @@ export function createSmtpServer(deps: SmtpDependencies): SMTPServer {
   const { config, logger, client, spool, metrics } = deps;
   const isAllowed = createNetworkMatcher(config.allowedNetworks);
   const tls = config.tls.cert && config.tls.key ? { cert: readTlsFile(config.tls.cert, 'tls.cert'), key: readTlsFile(config.tls.key, 'tls.key') } : undefined;
+  // SMTP AUTH (mailman/smtp-auth-session.ts), only when auth.users are configured.
+  const auth = config.auth ? new SmtpAuthSessions({ config: config.auth, tls: tls !== undefined, isAllowed, logger, metrics }) : undefined;
+  if (config.auth && !tls && !isLoopback(config.listen.host)) {
+    logger.warn({ event: 'auth_without_tls', host: config.listen.host, plaintextNetworks: config.auth.plaintextNetworks, message: 'auth is configured without tls: only clients in auth.plaintextNetworks can authenticate' });
+  }
 
   function reject(reason: string, fields: Record<string, unknown>, reply: SmtpReplyError): SmtpReplyError {
     metrics.rejected.inc({ reason });
     logger.info({ event: 'rejected', reason, ...fields, reply: `${reply.responseCode} ${reply.message}` });
     return reply;
   }
+  const refuse = (refusal: Refusal): SmtpReplyError => reject(refusal.reason, refusal.fields, smtpError(refusal.code, refusal.text));
 
-  async function accept(envelope: Envelope, data: Buffer, sessionId: string): Promise<string> {
+  async function accept(envelope: Envelope, data: Buffer, sessionId: string, user: AuthUser | undefined): Promise<string> {
     const id = newSpoolId();
     // Addresses are logged so `hedwig grep ADDRESS` finds a message before any delivery attempt.
-    const summary = { spoolId: id, sessionId, mailfrom: envelope.mailfrom, rcpttos: envelope.rcpttos, rcptCount: envelope.rcpttos.length, size: data.length };
+    const summary = { spoolId: id, sessionId, mailfrom: envelope.mailfrom, rcpttos: envelope.rcpttos, rcptCount: envelope.rcpttos.length, size: data.length, ...(user ? { authUser: user.name } : {}) };
     let temporaryReason = 'post office unavailable, retrying with backoff';
     const attempt = deps.postoffice.inlineAttempt();
     if (attempt) {
@@ -185,7 +194,11 @@ export function createSmtpServer(deps: SmtpDependencies): SMTPServer {
     // We answer oversized messages ourselves, after draining the stream, with the enhanced code.
     rejectOversized: false,
     hideENHANCEDSTATUSCODES: true,
+    // AUTH is optional for clients inside allowedNetworks; onMailFrom asks the others for it.
+    // allowInsecureAuth: whether plaintext AUTH is allowed is decided per session (disabledCommands).
     authOptional: true,
+    authMethods: ['PLAIN', 'LOGIN'],
+    allowInsecureAuth: true,
     disabledCommands: tls ? ['AUTH'] : ['AUTH', 'STARTTLS'],
     ...(tls ?? {}),
     disableReverseLookup: true,
@@ -201,10 +214,15 @@ export function createSmtpServer(deps: SmtpDependencies): SMTPServer {
     logger: false,
 
     onConnect(session, callback) {
-      if (!isAllowed(session.remoteAddress)) {
-        return callback(reject('network_not_allowed', { sessionId: session.id, remoteAddress: session.remoteAddress }, smtpError(554, '5.7.1 Client host rejected: access denied')));
-      }
       const address = addressOf(session);
+      if (!isAllowed(session.remoteAddress)) {
+        // With AUTH configured, a client outside allowedNetworks may come in to authenticate.
+        const refusal = auth ? auth.refuseOutsider(session, address) : undefined;
+        if (!auth || refusal) {
+          return callback(refusal ? refuse(refusal) : reject('network_not_allowed', { sessionId: session.id, remoteAddress: session.remoteAddress }, smtpError(554, '5.7.1 Client host rejected: access denied')));
+        }
+      }
+      if (auth) session.disabledCommands = auth.disabledCommands(session, false);
       const open = perAddress.get(address) ?? 0;
       if (open >= config.maxClientsPerAddress) {
         return callback(
@@ -216,6 +234,17 @@ export function createSmtpServer(deps: SmtpDependencies): SMTPServer {
       callback();
     },
 
+    onSecure(_socket, session, callback) {
+      // STARTTLS forgot everything said before it (smtp-server clears session.user); AUTH may start now.
+      if (auth) session.disabledCommands = auth.disabledCommands(session, true);
+      callback();
+    },
+
+    onAuth(credentials, session, callback) {
+      if (!auth) return callback(null, { message: '5.7.8 Authentication credentials invalid', responseCode: 535 });
+      auth.onAuth(credentials, session, addressOf(session), callback);
+    },
+
     onClose(session) {
       if (!counted.delete(session.id)) return;
       const address = addressOf(session);
@@ -225,12 +254,18 @@ export function createSmtpServer(deps: SmtpDependencies): SMTPServer {
     },
 
     onMailFrom(address, session, callback) {
+      const authRequired = auth?.requireAuth(session, addressOf(session));
+      if (authRequired) return callback(refuse(authRequired));
       // RFC 6531 §3.4: a UTF-8 address only in a transaction that declared SMTPUTF8.
       if (!asciiOnly(address.address) && !(address.args && (address.args as Record<string, unknown>).SMTPUTF8 === true)) {
         return callback(reject('utf8_without_smtputf8', { sessionId: session.id }, smtpError(553, '5.6.7 Non-ASCII address without SMTPUTF8')));
       }
-      if (address.address === '' || isValidMailbox(address.address)) return callback();
-      callback(reject('invalid_sender', { sessionId: session.id }, smtpError(553, '5.1.7 Bad sender address syntax')));
+      if (address.address !== '' && !isValidMailbox(address.address)) {
+        return callback(reject('invalid_sender', { sessionId: session.id }, smtpError(553, '5.1.7 Bad sender address syntax')));
+      }
+      const notPermitted = auth?.refuseSender(session, address.address);
+      if (notPermitted) return callback(refuse(notPermitted));
+      callback();
     },
 
     onRcptTo(address, session, callback) {
@@ -271,7 +306,7 @@ export function createSmtpServer(deps: SmtpDependencies): SMTPServer {
             reject('message_too_large', { sessionId: session.id, size: stream.byteLength, limit: config.maxMessageBytes }, smtpError(552, '5.3.4 Message size exceeds fixed maximum message size')),
           );
         }
-        accept(envelopeOf(session), Buffer.concat(chunks), session.id).then(
+        accept(envelopeOf(session), Buffer.concat(chunks), session.id, authUserOf(session)).then(
           (reply) => callback(null, reply),
           (err: unknown) => {
             if (err instanceof Error && 'responseCode' in err) return callback(err);
@@ -282,7 +317,7 @@ export function createSmtpServer(deps: SmtpDependencies): SMTPServer {
       });
     },
     },
-    { maxMessageBytes: config.maxMessageBytes, refusedWaitMs: Math.min(config.socketTimeoutMs, REFUSED_WAIT_MS) },
+    { maxMessageBytes: config.maxMessageBytes, refusedWaitMs: Math.min(config.socketTimeoutMs, REFUSED_WAIT_MS), auth: auth !== undefined },
   );
 
   server.on('error', (err: Error) => {

@@ -19,7 +19,7 @@ function parsed(text: string) {
   return result.value;
 }
 
-function authConfig(overrides: Partial<SmtpAuthConfig> = {}): SmtpAuthConfig {
+function authConfig(overrides: Partial<SmtpAuthConfig> = {}): ConstructorParameters<typeof SmtpAuthenticator>[0] {
   return {
     users: {
       app: { passwordHash: hashPassword('right horse', FAST), allowedSenders: ['app@example.test', '@alerts.example.test'] },
@@ -114,13 +114,13 @@ describe('SmtpAuthenticator', () => {
     const auth = new SmtpAuthenticator({ users: { app: { passwordHash: hashPassword('right horse') } }, maxFailuresPerAddress: 100, windowSeconds: 60 });
     const known: number[] = [];
     const unknown: number[] = [];
-    for (let i = 0; i < 3; i++) {
+    for (let i = 0; i < 5; i++) {
       known.push(await elapsedMs(() => auth.authenticate({ username: 'app', password: 'wrong' }, '127.0.0.1')));
       unknown.push(await elapsedMs(() => auth.authenticate({ username: 'ghost', password: 'wrong' }, '127.0.0.1')));
     }
-    const median = (xs: number[]) => xs.sort((a, b) => a - b)[1]!;
-    const [k, u] = [median(known), median(unknown)];
-    console.log(`# scrypt N=2^15 r=8: wrong password ${k.toFixed(1)} ms, unknown user ${u.toFixed(1)} ms (medians of 3)`);
+    // The fastest of five: what the work costs, less whatever else the machine was doing.
+    const [k, u] = [Math.min(...known), Math.min(...unknown)];
+    console.log(`# scrypt N=2^15 r=8: wrong password ${k.toFixed(1)} ms, unknown user ${u.toFixed(1)} ms (fastest of 5)`);
     assert.ok(k > 10, `a check costs something (${k} ms)`);
     // Without the dummy hash an unknown user costs well under a millisecond; the loose bounds allow for a busy machine.
     assert.ok(u > k / 3 && u < k * 3, `unknown user ${u} ms vs wrong password ${k} ms`);
@@ -157,7 +157,7 @@ describe('mailman config: auth', () => {
     assert.equal(loadMailmanConfig(undefined, REQUIRED).auth, undefined);
     const hash = hashPassword('pw', FAST);
     const config = loadMailmanConfig(undefined, { ...REQUIRED, HEDWIG_MAILMAN__AUTH: JSON.stringify({ users: { app: { passwordHash: hash, allowedSenders: ['@example.test'] } } }) });
-    assert.deepEqual(config.auth, { users: { app: { passwordHash: hash, allowedSenders: ['@example.test'] } }, maxFailuresPerAddress: 10, windowSeconds: 300 });
+    assert.deepEqual(config.auth, { users: { app: { passwordHash: hash, allowedSenders: ['@example.test'] } }, maxFailuresPerAddress: 10, windowSeconds: 300, plaintextNetworks: ['127.0.0.0/8', '::1/128'] });
   });
 
   it('names the key of a bad hash, a bad sender pattern, a bad user name, and an empty user list', () => {
@@ -167,6 +167,7 @@ describe('mailman config: auth', () => {
     assert.match(bad({ users: { app: { passwordHash: hash, allowedSenders: ['@', 'not an address'] } } }), /auth\.users\.app\.allowedSenders\.0: expected an address or @domain; auth\.users\.app\.allowedSenders\.1: expected an address or @domain/);
     assert.match(bad({ users: { 'has space': { passwordHash: hash } } }), /auth\.users/);
     assert.match(bad({ users: {} }), /^auth\.users: list at least one user/);
+    assert.match(bad({ users: { app: { passwordHash: hash } }, plaintextNetworks: ['172.17.0.0/33'] }), /^auth\.plaintextNetworks\.0: not a CIDR network/);
     assert.match(bad({ users: { app: { passwordHash: hash, password: 'pw' } } }), /auth\.users\.app/);
   });
 });
