@@ -9,8 +9,8 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 bash "$(dirname "$0")/install-node.sh"
 missing=()
-# command:package
-for pair in beanstalkd:beanstalkd msmtp:msmtp swaks:swaks dnsmasq:dnsmasq-base dkimverify:python3-dkim openssl:openssl curl:curl nsd:nsd unbound:unbound ldns-signzone:ldnsutils iptables:iptables ip:iproute2; do
+# command:package (python3: its smtplib is one of the SMTP AUTH clients in test/integration/mailman-auth.test.ts)
+for pair in beanstalkd:beanstalkd msmtp:msmtp swaks:swaks dnsmasq:dnsmasq-base dkimverify:python3-dkim openssl:openssl curl:curl nsd:nsd unbound:unbound ldns-signzone:ldnsutils iptables:iptables ip:iproute2 python3:python3; do
   cmd=${pair%%:*}
   pkg=${pair##*:}
   if ! command -v "$cmd" >/dev/null 2>&1 && [ ! -x "/usr/sbin/$cmd" ] && [ ! -x "/usr/bin/$cmd" ]; then
