@@ -114,16 +114,16 @@ describe('SmtpAuthenticator', () => {
     const auth = new SmtpAuthenticator({ users: { app: { passwordHash: hashPassword('right horse') } }, maxFailuresPerAddress: 100, windowSeconds: 60 });
     const known: number[] = [];
     const unknown: number[] = [];
-    for (let i = 0; i < 5; i++) {
+    for (let i = 0; i < 7; i++) {
       known.push(await elapsedMs(() => auth.authenticate({ username: 'app', password: 'wrong' }, '127.0.0.1')));
       unknown.push(await elapsedMs(() => auth.authenticate({ username: 'ghost', password: 'wrong' }, '127.0.0.1')));
     }
-    // The fastest of five: what the work costs, less whatever else the machine was doing.
+    // The fastest of seven: what the work costs, less whatever else the machine was doing.
     const [k, u] = [Math.min(...known), Math.min(...unknown)];
-    console.log(`# scrypt N=2^15 r=8: wrong password ${k.toFixed(1)} ms, unknown user ${u.toFixed(1)} ms (fastest of 5)`);
+    console.log(`# scrypt N=2^15 r=8: wrong password ${k.toFixed(1)} ms, unknown user ${u.toFixed(1)} ms (fastest of 7)`);
     assert.ok(k > 10, `a check costs something (${k} ms)`);
     // Without the dummy hash an unknown user costs well under a millisecond; the loose bounds allow for a busy machine.
-    assert.ok(u > k / 3 && u < k * 3, `unknown user ${u} ms vs wrong password ${k} ms`);
+    assert.ok(u > k / 4 && u < k * 4, `unknown user ${u} ms vs wrong password ${k} ms`);
   });
 });
 
