@@ -1,6 +1,7 @@
 import { hostname as osHostname } from 'node:os';
 import { z } from 'zod';
-import { loadConfig, resolveSecret, type ConfigWarning } from '../shared/config.ts';
+import { loadConfig, type ConfigWarning } from '../shared/config.ts';
+import { resolveSecret } from '../shared/secret.ts';
 import { isCidr } from './networks.ts';
 import { smtpAuthConfigSchema } from './smtp-auth.ts';
 

@@ -1,7 +1,7 @@
 import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
 import { z } from 'zod';
 import { isValidDomain } from '../shared/address.ts';
-import { resolveSecret } from '../shared/config.ts';
+import { resolveSecret } from '../shared/secret.ts';
 import { checkTimestamp, HEADER, verifySignature, type SignedBody } from '../shared/signing.ts';
 import { ok, rejection, type OrRejection } from './rejection.ts';
 

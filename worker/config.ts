@@ -1,6 +1,7 @@
 import { hostname } from 'node:os';
 import { z } from 'zod';
-import { ConfigError, hostPortSchema, loadConfig, type ConfigWarning, type KeyIssue } from '../shared/config.ts';
+import { ConfigError, hostPortSchema, loadConfig, type ConfigWarning } from '../shared/config.ts';
+import type { KeyIssue } from '../shared/secret.ts';
 import { TUBE } from '../shared/job.ts';
 import { daneSchema } from './dane.ts';
 import { storeConfigSchema, suppressionConfigSchema } from '../shared/store/config.ts';

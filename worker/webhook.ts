@@ -1,6 +1,6 @@
 import { z } from 'zod';
 import type { BeanstalkClient, ReservedJob } from '../shared/beanstalk.ts';
-import { readSecret, type KeyIssue } from '../shared/config.ts';
+import { readSecret, type KeyIssue } from '../shared/secret.ts';
 import { errorCode, errorMessage } from '../shared/errors.ts';
 import type { Logger } from '../shared/logger.ts';
 import { recipientHash, webhookSignature, WEBHOOK_SIGNATURE_HEADER } from '../shared/webhook-signature.ts';

@@ -1,5 +1,5 @@
 import { z } from 'zod';
-import { resolveSecret } from '../config.ts';
+import { resolveSecret } from '../secret.ts';
 
 /**
  * The `store` block, the same in the post office's and the worker's config (and given to the
