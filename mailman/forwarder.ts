@@ -53,6 +53,10 @@ interface EntryState {
  *
  * A spooled file is removed only after the post office accepted it; the idempotency key
  * (the spool id) makes a resend after a crash between accept and remove harmless.
+ *
+ * Longer than 300 lines on purpose: one state machine. The outage view the SMTP side asks,
+ * the drain's pause, backoff and window, and each entry's own backoff change together on
+ * every result; split into files they would share all their state through setters.
  */
 export class Forwarder {
   private readonly options: ForwarderOptions;

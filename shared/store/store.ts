@@ -10,6 +10,12 @@ import { suppressionRuleFor } from './suppression-rules.ts';
  * every message, the first-attempt ledger that removes duplicate jobs, and the suppression
  * list. Each method is one short statement or transaction; callers treat any failure as
  * "the store is unavailable" and go on without it (see the README for what degrades).
+ *
+ * Longer than 300 lines on purpose: every statement against the shared schema is in this one
+ * class, so a reader sees each query that touches a table in one place, and the transactions
+ * that span tables (a status update changes messages, recipients and the suppression list)
+ * stay whole. The engines' dialects and connections are sqlite.ts and postgres.ts, the schema
+ * migrations.ts, the suppression rules suppression-rules.ts.
  */
 
 export interface JobRef {
