@@ -525,7 +525,7 @@ describe('deploy/hedwig-mailman.service', () => {
 
   it('runs the compiled mailman with config/mailman.yaml installed at /etc/hedwig, hardened', () => {
     const [exec] = settings('ExecStart');
-    assert.match(exec!, /^\/usr\/local\/bin\/node \/opt\/hedwig\/(dist\/mailman\/main\.js) --config \/etc\/hedwig\/mailman\.yaml$/);
+    assert.match(exec!, /^\/usr\/local\/bin\/node (?:--[a-z-]+(?:=\S+)? )*\/opt\/hedwig\/(dist\/mailman\/main\.js) --config \/etc\/hedwig\/mailman\.yaml$/);
     assert.ok(existsSync(join(root, sourceOfDist('dist/mailman/main.js'))));
     for (const hardening of ['DynamicUser=yes', 'ProtectSystem=strict', 'NoNewPrivileges=yes', 'PrivateTmp=yes', 'ProtectHome=yes', 'StateDirectory=hedwig-mailman']) {
       assert.ok(unit.includes(`\n${hardening}\n`), hardening);
