@@ -1,4 +1,5 @@
 import { promises as dns } from 'node:dns';
+import { hostname } from 'node:os';
 import { domainOf } from '../shared/address.ts';
 import { BeanstalkClient } from '../shared/beanstalk.ts';
 import { encodeJob, JOB_TTR_SECONDS } from '../shared/job.ts';
@@ -21,6 +22,16 @@ import { createTransportSecurity } from './transport-security.ts';
  * the TLS-RPT counts under `stateDir`, and the report sender, which queues mailto: reports
  * through its own beanstalkd connection.
  */
+
+/**
+ * Whose TLS-RPT counts file this worker keeps in `stateDir`: one per worker process. Workers
+ * may share the directory (compose replicas on one volume have the same ehloName and ops
+ * port), so the host name, a container's own, is part of it: a worker never loads, and then
+ * reports again, the counts of another.
+ */
+export function tlsRptReportingId(config: Pick<WorkerConfig, 'ehloName' | 'ops'>, host: string = hostname()): string {
+  return `${config.ehloName}-${host}-${config.ops.port}`;
+}
 
 export interface TransportSecurityRuntime {
   tlsPolicy: TlsPolicy;
@@ -57,7 +68,7 @@ export function startTransportSecurity(
     : undefined;
 
   const aggregator = config.tlsRpt.enabled
-    ? createTlsRptAggregator({ intervalSeconds: config.tlsRpt.intervalSeconds, stateDir: config.stateDir, reportingId: `${config.ehloName}-${config.ops.port}`, logger })
+    ? createTlsRptAggregator({ intervalSeconds: config.tlsRpt.intervalSeconds, stateDir: config.stateDir, reportingId: tlsRptReportingId(config), logger })
     : undefined;
   let sender: TlsRptSender | undefined;
   let queueClient: BeanstalkClient | undefined;

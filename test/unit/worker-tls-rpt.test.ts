@@ -11,6 +11,7 @@ import type { OutboundJob } from '../../shared/job.ts';
 import { createTlsRptAggregator, periodStartOf, type PolicyDescription } from '../../worker/tls-rpt.ts';
 import { buildReport, parseTlsRptRecord } from '../../worker/tls-rpt-report.ts';
 import { sendPeriod } from '../../worker/tls-rpt-sender.ts';
+import { tlsRptReportingId } from '../../worker/transport-security-setup.ts';
 
 /** TLS-RPT (RFC 8460): counting sessions per policy, the report format, and where reports go. */
 const silent = pino({ level: 'silent' });
@@ -148,5 +149,14 @@ describe('TLS-RPT delivery', () => {
     assert.match(message, /^Content-Disposition: attachment; filename="out\.sender\.test!a\.test!1!2!.+\.json\.gz"\r$/m);
     const attachment = /Content-Transfer-Encoding: base64\r\nContent-Disposition: [^\r]+\r\n\r\n([A-Za-z0-9+/=\r\n]+?)\r\n\r\n--/.exec(message)![1]!;
     assert.deepEqual(JSON.parse(gunzipSync(Buffer.from(attachment.replace(/\r\n/g, ''), 'base64')).toString()).policies, report.policies);
+  });
+});
+
+describe('TLS-RPT counts file per worker', () => {
+  it('differs between workers that share stateDir, ehloName and ops port but not the host (compose replicas), and stays the same across restarts', () => {
+    const config = { ehloName: 'mail-out.example.com', ops: { host: '0.0.0.0', port: 9103 } };
+    assert.notEqual(tlsRptReportingId(config, 'a1b2c3d4e5f6'), tlsRptReportingId(config, 'f6e5d4c3b2a1'));
+    assert.equal(tlsRptReportingId(config, 'a1b2c3d4e5f6'), tlsRptReportingId(config, 'a1b2c3d4e5f6'));
+    assert.equal(tlsRptReportingId(config, 'h'), 'mail-out.example.com-h-9103');
   });
 });
