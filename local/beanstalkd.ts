@@ -34,7 +34,10 @@ async function canConnect(host: string, port: number): Promise<boolean> {
 export async function startBeanstalkd(options: BeanstalkdOptions, logger: Logger): Promise<RunningBeanstalkd> {
   mkdirSync(options.binlogDir, { recursive: true });
   const args = ['-l', options.host, '-p', String(options.port), '-b', options.binlogDir, '-f', String(options.fsyncMs), '-z', String(options.maxJobSize)];
-  const child = spawn(options.binary, args, { stdio: ['ignore', 'inherit', 'pipe'] });
+  // Ctrl-C signals the terminal's whole process group, beanstalkd included, and it would exit
+  // at once while the tiers still put and delete jobs. Started with SIGINT ignored (kept
+  // across exec, and beanstalkd installs no handler for it), it is stopped by stop(), last.
+  const child = spawn('/bin/sh', ['-c', 'trap "" INT; exec "$0" "$@"', options.binary, ...args], { stdio: ['ignore', 'inherit', 'pipe'] });
   let stderr = '';
   child.stderr?.on('data', (chunk: Buffer) => {
     stderr += chunk.toString();

@@ -9,14 +9,13 @@ import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
 import { dirname, resolve } from 'node:path';
 import { configFileVariable } from '../shared/config.ts';
 import { formatHostPort } from '../shared/host-port.ts';
-import { jobSizeFor } from '../shared/job.ts';
 import { handleShutdown, logConfigWarnings, runMain } from '../shared/lifecycle.ts';
 import { createLogger } from '../shared/logger.ts';
 import { createRegistry } from '../shared/ops-server.ts';
 import { loadMailmanConfig } from '../mailman/config.ts';
 import { startMailman } from '../mailman/server.ts';
 import { loadPostofficeConfig } from '../postoffice/config.ts';
-import { startPostoffice } from '../postoffice/server.ts';
+import { beanstalkJobSizeFor, startPostoffice } from '../postoffice/server.ts';
 import { loadWorkerConfig } from '../worker/config.ts';
 import { startWorker } from '../worker/server.ts';
 import { startBeanstalkd } from './beanstalkd.ts';
@@ -57,7 +56,7 @@ await runMain(logger, async (started) => {
         host: beanstalkHost ?? '127.0.0.1',
         port: Number(beanstalkPort ?? 11400),
         binlogDir: resolve(dataDir, 'beanstalkd'),
-        maxJobSize: jobSizeFor(postofficeConfig.limits.maxMessageBytes, postofficeConfig.limits.maxRecipients),
+        maxJobSize: beanstalkJobSizeFor(postofficeConfig),
         fsyncMs: 0,
       },
       logger,

@@ -50,7 +50,10 @@ function createClient(address: { host: string; port: number }, logger: Logger): 
   const client = new BeanstalkClient(address);
   const server = client.server;
   client.on('connect', () => logger.info({ event: 'beanstalk_connected', server }));
-  client.on('disconnect', (err?: unknown) => logger.warn({ event: 'beanstalk_disconnected', server, error: err ? errorMessage(err) : undefined }));
+  client.on('disconnect', (err: unknown, how?: { requested: boolean }) =>
+    // A connection closed on purpose (shutting down) is no cause for an operator to look.
+    how?.requested ? logger.info({ event: 'beanstalk_closed', server }) : logger.warn({ event: 'beanstalk_disconnected', server, error: err ? errorMessage(err) : undefined }),
+  );
   return client;
 }
 
@@ -58,6 +61,13 @@ function createClient(address: { host: string; port: number }, logger: Logger): 
  * beanstalkd refuses jobs above its -z size (65,535 bytes by default): every larger
  * message would get 503 until an operator notices, so say so at start-up.
  */
+/** The beanstalkd `-z` this post office's jobs need (local mode starts its beanstalkd with it). */
+export function beanstalkJobSizeFor(config: Pick<PostofficeConfig, 'limits' | 'clients'>): number {
+  // Every job carries its host's senderDomains (shared/job.ts) on top of what jobSizeFor counts.
+  const longestDomainList = Math.max(0, ...Object.values(config.clients).map((client) => JSON.stringify(client.senderDomains).length));
+  return jobSizeFor(config.limits.maxMessageBytes, config.limits.maxRecipients) + longestDomainList;
+}
+
 async function warnIfJobSizeTooSmall(client: BeanstalkClient, needed: number, logger: Logger): Promise<void> {
   const maxJobSize = Number((await client.stats())['max-job-size']);
   if (Number.isFinite(maxJobSize) && maxJobSize < needed) {
@@ -79,9 +89,7 @@ export async function startPostoffice(config: PostofficeConfig, options: { logge
   const { tube, ttrSeconds } = config.beanstalk;
 
   const clients = config.beanstalk.servers.map((address) => createClient(address, logger));
-  // Every job carries its host's senderDomains (shared/job.ts) on top of what jobSizeFor counts.
-  const longestDomainList = Math.max(0, ...Object.values(config.clients).map((client) => JSON.stringify(client.senderDomains).length));
-  const neededJobSize = jobSizeFor(config.limits.maxMessageBytes, config.limits.maxRecipients) + longestDomainList;
+  const neededJobSize = beanstalkJobSizeFor(config);
   await Promise.all(
     clients.map(async (client) => {
       try {

@@ -62,8 +62,9 @@ const RECONNECT_MIN_MS = 100;
 const RECONNECT_MAX_MS = 5000;
 
 /**
- * Events: 'connect', 'disconnect' (err?). No 'error' event is ever emitted: failures become
- * rejections and 'disconnect'.
+ * Events: 'connect', 'disconnect' (err?, { requested }): `requested` is true when close()
+ * dropped the connection, false when it was lost. No 'error' event is ever emitted: failures
+ * become rejections and 'disconnect'.
  * Tube state (use/watch) is remembered and re-applied after a reconnect, before the client
  * reports itself connected again; while disconnected every operation rejects at once with
  * DISCONNECTED.
@@ -137,7 +138,7 @@ export class BeanstalkClient extends EventEmitter {
     await this.connecting?.catch(() => undefined);
     if (connection) {
       await connection.drop();
-      this.emit('disconnect');
+      this.emit('disconnect', undefined, { requested: true });
     }
   }
 
@@ -419,7 +420,7 @@ export class BeanstalkClient extends EventEmitter {
   private handleClose(connection: Connection, cause: unknown): void {
     if (connection !== this.current) return; // a failed attempt, or close() already took it
     this.current = null;
-    this.emit('disconnect', cause);
+    this.emit('disconnect', cause, { requested: false });
     this.scheduleReconnect();
   }
 

@@ -33,6 +33,8 @@ describe('all-in-one local mode (npm start)', { timeout: 90_000 }, () => {
     const beanstalk = `["127.0.0.1:${beanstalkPort}"]`;
     child = spawn(process.execPath, ['--import', tsx, join(root, 'local', 'run.ts')], {
       cwd,
+      // Its own process group, as a shell gives a foreground job: Ctrl-C signals the whole group.
+      detached: true,
       stdio: ['ignore', 'pipe', 'pipe'],
       env: {
         ...process.env,
@@ -79,11 +81,22 @@ describe('all-in-one local mode (npm start)', { timeout: 90_000 }, () => {
     assert.ok(received!.raw.toString().endsWith(message));
   });
 
-  it('stops every part, beanstalkd included, on SIGTERM and exits 0', async () => {
-    child.kill('SIGTERM');
+  it('sized its beanstalkd for the post office it runs (no job-size warning)', () => {
+    assert.doesNotMatch(output, /beanstalk_job_size_too_small/);
+  });
+
+  it('stops every part on Ctrl-C (SIGINT to its whole process group), beanstalkd last, without a warning, and exits 0', async () => {
+    process.kill(-child.pid!, 'SIGINT');
     await waitFor(() => exitCode !== undefined, { timeoutMs: 30_000, what: 'local mode to stop' });
     assert.equal(exitCode, 0, output.slice(-2000));
-    for (const part of ['mailman', 'postoffice', 'worker', 'beanstalkd']) assert.match(output, new RegExp(`"event":"stopped","component":"${part}"`));
+    // In the order each was logged (its time), which a pipe's chunking cannot change.
+    const stoppedAt = new Map([...output.matchAll(/"time":"([^"]+)"[^\n]*"event":"stopped","component":"(\w+)"/g)].map((m) => [m[2]!, Date.parse(m[1]!)]));
+    const order = ['mailman', 'postoffice', 'worker', 'beanstalkd'];
+    assert.deepEqual([...stoppedAt.keys()].sort(), [...order].sort(), 'each part logged its stop');
+    for (let i = 1; i < order.length; i++) assert.ok(stoppedAt.get(order[i]!)! >= stoppedAt.get(order[i - 1]!)!, `${order[i]} stopped after ${order[i - 1]}: ${JSON.stringify(Object.fromEntries(stoppedAt))}`);
+    const shutdownAt = output.indexOf('"event":"shutdown"');
+    const warnings = output.slice(shutdownAt).split('\n').filter((line) => /"level":(40|50|60)/.test(line));
+    assert.deepEqual(warnings, [], 'a clean stop logs no warning (beanstalkd gone under the worker would: reserve_failed)');
   });
 });
 
