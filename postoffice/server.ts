@@ -18,6 +18,7 @@ import { StoreHealth } from '../shared/store/health.ts';
 import { openStore, type Store } from '../shared/store/open.ts';
 import { createSuppressionEvents } from './suppression.ts';
 
+/** How often the store is pruned: once a minute, or every store.historySeconds when that is shorter (history goes at most that late). */
 const PRUNE_INTERVAL_MS = 60_000;
 /** BeanstalkClient's default command timeout (shared/beanstalk.ts). */
 const BEANSTALK_COMMAND_TIMEOUT_MS = 10_000;
@@ -145,7 +146,7 @@ export async function startPostoffice(config: PostofficeConfig, options: { logge
         if (Object.values(removed).some((n) => n > 0)) logger.info({ event: 'store_pruned', ...removed });
       })
       .catch((err: unknown) => storeHealth.failed('prune', err));
-  }, PRUNE_INTERVAL_MS);
+  }, Math.min(PRUNE_INTERVAL_MS, config.store.historySeconds * 1000));
   pruner.unref();
   const stopStatusConsumers = async () => {
     clearInterval(pruner);
