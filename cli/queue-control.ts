@@ -84,10 +84,11 @@ export function parseSelection(values: SelectValues, ids: string[], now: number)
 
 /**
  * A progress bar that appears only once the work has taken more than a second (and only on a
- * terminal): quick commands stay quiet.
+ * terminal): quick commands stay quiet. `startedAt`: when the work began, if before the bar
+ * was made (the store's read that counted the total).
  */
-export function lateProgress(stream: NodeJS.WritableStream & { isTTY?: boolean }, label: string, total: number, afterMs = 1000): Progress {
-  const started = Date.now();
+export function lateProgress(stream: NodeJS.WritableStream & { isTTY?: boolean }, label: string, total: number, afterMs = 1000, startedAt = Date.now()): Progress {
+  const started = startedAt;
   let bar: Progress | undefined;
   let count = 0;
   return {
@@ -157,9 +158,12 @@ export async function withServers<T>(servers: readonly BeanstalkAddress[], use: 
 }
 
 /** The store's queued messages matching the selection, each with what its job is doing now. */
-export async function selectQueued(store: Store, clients: Map<string, BeanstalkClient>, selection: Selection, progress: (total: number) => Progress): Promise<QueuedEntry[]> {
+export async function selectQueued(store: Store, clients: Map<string, BeanstalkClient>, selection: Selection, progress: (total: number, startedAt: number) => Progress): Promise<QueuedEntry[]> {
+  // The read of the store counts towards the second after which the bar appears (at 100,000
+  // messages it takes about one on its own).
+  const startedAt = Date.now();
   const messages = await store.listActive(selection.filter);
-  const bar = progress(messages.length);
+  const bar = progress(messages.length, startedAt);
   const entries: QueuedEntry[] = messages.map((message) => ({ message, state: 'unknown' }));
   await inParallel(entries, PIPELINE * Math.max(1, clients.size), async (entry) => {
     const client = entry.message.job ? clients.get(entry.message.job.server) : undefined;

@@ -44,7 +44,7 @@ export async function run<T>(command: string, argv: string[], io: CliIo, options
 }
 
 export function select(ctx: Context, label: string): Promise<QueuedEntry[]> {
-  return selectQueued(ctx.store, ctx.clients, ctx.selection, (total) => lateProgress(ctx.io.stderr, label, total));
+  return selectQueued(ctx.store, ctx.clients, ctx.selection, (total, startedAt) => lateProgress(ctx.io.stderr, label, total, 1000, startedAt));
 }
 
 export interface Acted {

@@ -5,6 +5,8 @@ import { failureMatches, matchingFailures, parseFilter, reasonClass } from '../.
 import { headerSection, splitForRetry } from '../../cli/failed-records.ts';
 import { formatLine, IdGraph, lineMatches, lineTime, sortLines, type LogLine } from '../../cli/log-search.ts';
 import { formatAge, table } from '../../cli/output.ts';
+import { lateProgress, selectQueued } from '../../cli/queue-control.ts';
+import type { MessageRecord, Store } from '../../shared/store/store.ts';
 import type { FailedJob, Failure } from '../../shared/job.ts';
 
 const NOW = Date.parse('2024-05-01T12:00:00Z');
@@ -182,5 +184,31 @@ describe('cli output', () => {
 
   it('aligns table columns and right-aligns numbers', () => {
     assert.equal(table(['TUBE', 'READY'], [['a', 5], ['long-name', 12]]), 'TUBE       READY\na              5\nlong-name     12');
+  });
+});
+
+describe('queue progress bar', () => {
+  const tty = () => {
+    const written: string[] = [];
+    return { written, stream: Object.assign({ write: (chunk: string) => (written.push(chunk), true) }, { isTTY: true }) as unknown as NodeJS.WritableStream & { isTTY: boolean } };
+  };
+
+  it('stays away from work done within a second, and never appears off a terminal', () => {
+    const out = tty();
+    const bar = lateProgress(out.stream, 'reading', 3);
+    bar.tick();
+    bar.done();
+    assert.deepEqual(out.written, []);
+    const late = lateProgress({ write: () => true } as unknown as NodeJS.WritableStream, 'reading', 3, 1000, Date.now() - 5000);
+    late.tick();
+  });
+
+  it('appears at once when the read of the store alone took over a second', async () => {
+    const message = { id: 'm1', held: false, job: null, recipients: [] } as unknown as MessageRecord;
+    const store = { listActive: async () => { await new Promise((r) => setTimeout(r, 1100)); return [message]; } } as unknown as Store;
+    const out = tty();
+    const entries = await selectQueued(store, new Map(), { filter: {}, everything: true }, (total, startedAt) => lateProgress(out.stream, 'reading', total, 1000, startedAt));
+    assert.equal(entries.length, 1);
+    assert.match(out.written.join(''), /reading \[#+\] 1\/1/);
   });
 });
