@@ -37,7 +37,8 @@ function asPostgres(command: string, args: string[]): [string, string[]] {
   return asRoot ? ['runuser', ['-u', 'postgres', '--', command, ...args]] : [command, args];
 }
 
-export async function startPostgres(): Promise<PostgresProcess> {
+/** `durable`: fsync and full-page writes on, as in production (tests turn them off for speed; bench/store-bench.ts does not). */
+export async function startPostgres(options: { durable?: boolean } = {}): Promise<PostgresProcess> {
   const bin = postgresBinDir();
   if (!bin) throw new Error('PostgreSQL is not installed (Debian package postgresql; scripts/install-debian-deps.sh)');
   const dir = mkdtempSync(join(tmpdir(), 'hedwig-pg-'));
@@ -56,7 +57,7 @@ export async function startPostgres(): Promise<PostgresProcess> {
   let stderr = '';
 
   const start = async (): Promise<void> => {
-    const [cmd, args] = asPostgres(join(bin, 'postgres'), ['-D', data, '-h', '127.0.0.1', '-p', String(port), '-k', dir, '-c', 'fsync=off', '-c', 'full_page_writes=off']);
+    const [cmd, args] = asPostgres(join(bin, 'postgres'), ['-D', data, '-h', '127.0.0.1', '-p', String(port), '-k', dir, ...(options.durable ? [] : ['-c', 'fsync=off', '-c', 'full_page_writes=off'])]);
     stderr = '';
     const started = spawn(cmd, args, { stdio: ['ignore', 'ignore', 'pipe'] });
     started.stderr!.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
