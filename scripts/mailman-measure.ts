@@ -20,6 +20,7 @@
 import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
+import { readProcessFigures } from '../bench/proc.ts';
 import { Spool, encodeSpoolFile, newSpoolId } from '../mailman/spool.ts';
 import { waitFor } from '../test/helpers/ports.ts';
 import { BODY, kept, msmtpOnce, now, oneSession, spoolDepth, startPostoffice, startStack, summary } from './mailman-measure-stack.ts';
@@ -71,6 +72,7 @@ async function drain(): Promise<void> {
     try {
       await kept(stack.mailmanPort, 500, Number(values.clients));
       result.inlinePerSecond = Math.round(await kept(stack.mailmanPort, Number(values.inline), Number(values.clients)));
+      result.inlinePeakRssMB = { mailman: readProcessFigures(stack.mailman.child.pid!)?.peakRssMB, postoffice: stack.postoffice ? readProcessFigures(stack.postoffice.child.pid!)?.peakRssMB : undefined };
     } finally {
       await stack.stop();
     }
@@ -137,6 +139,8 @@ async function drain(): Promise<void> {
       result.drainSeconds = Math.round(seconds * 10) / 10;
       result.drainPerSecond = Math.round(backlog / seconds);
       result.drainToInline = Math.round((backlog / seconds / (result.inlinePerSecond as number)) * 100) / 100;
+      // VmHWM over each process's life (tsx runtime, as npm run <tier>): mailman held the backlog in its spool, the post office took all of it.
+      result.drainPeakRssMB = { mailman: readProcessFigures(stack.mailman.child.pid!)?.peakRssMB, postoffice: stack.postoffice ? readProcessFigures(stack.postoffice.child.pid!)?.peakRssMB : undefined };
       result.depthOverTime = samples.filter((_, i) => i % 5 === 0);
     } finally {
       await stack.stop();
