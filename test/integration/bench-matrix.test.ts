@@ -96,7 +96,10 @@ describe('benchmark harness (matrix mode)', { timeout: 300_000 }, () => {
         assert.equal(r.foreignArrivals, 0, where);
         assert.ok(r.throughput.deliveredPerSecond > 0, where);
         assert.ok(r.latencyMs.acceptance.count > 0 && r.latencyMs.delivery.count > 0, `${where}: timed messages`);
-        assert.ok(r.cpuSecondsPer1000Messages[`${name} (all its processes)`] > 0, `${where}: CPU measured`);
+        // /proc counts CPU in 10 ms ticks: Postfix's daemons can relay 12 messages within fewer
+        // than one tick (seen under load), so for them a figure is required, not a non-zero one.
+        const cpu = r.cpuSecondsPer1000Messages[`${name} (all its processes)`];
+        assert.ok(typeof cpu === 'number' && Number.isFinite(cpu) && (name === 'postfix' ? cpu >= 0 : cpu > 0), `${where}: CPU measured (${cpu})`);
         assert.ok(Object.keys(r.peakRssMB).some((p) => p.startsWith(name === 'postfix' ? 'postfix.smtpd' : 'hedwig.mailman')), `${where}: RSS per process`);
       }
       if (!postfixMissing && cell.client !== 'load') assert.ok(cell.ratio['hedwig/postfix'].deliveredPerSecond > 0, `${cell.cell}: ratio`);
