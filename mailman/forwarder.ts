@@ -11,6 +11,12 @@ export interface ForwarderOptions {
   metrics: MailmanMetrics;
   minBackoffMs: number;
   maxBackoffMs: number;
+  /**
+   * While the post office is unavailable the drain probes it at least this often, whatever
+   * maxBackoffMs allows a single entry: a probe is one request, and a longer wait is a backlog
+   * left standing after the post office is back (55 s of a 165 s drain of 100,000 before).
+   */
+  maxProbeIntervalMs: number;
   /** The most forwards from the spool at once; the forwarder starts at one and grows to this while forwards succeed. */
   concurrency: number;
   /** Failed attempts that count against one entry (see TemporaryCause) before it goes to failed/. */
@@ -43,7 +49,7 @@ interface EntryState {
  *
  * Pacing (after Postfix's qmgr and TCP's congestion control):
  * - An outage (no connection, 503, a timeout) pauses the drain for a backoff that doubles with
- *   each failing attempt up to maxBackoffMs, and drops the concurrency to one: the next try is
+ *   each failing attempt up to maxProbeIntervalMs (and maxBackoffMs), and drops the concurrency to one: the next try is
  *   a single probe. The first success, inline or from the spool, resets the backoff and ends a
  *   pause at once, and each success lets one more forward run in parallel, up to `concurrency`.
  * - A failure that is about one message (a 500, or a timeout while the post office otherwise
@@ -161,11 +167,12 @@ export class Forwarder {
    * earlier one reported the same outage do not double the backoff again: it grows per probe.
    */
   private outage(reason: string, epoch: number): void {
-    const { minBackoffMs, maxBackoffMs, logger, metrics } = this.options;
+    const { minBackoffMs, maxBackoffMs, maxProbeIntervalMs, logger, metrics } = this.options;
     this.healthy = false;
     if (epoch !== this.outages) return;
     this.outages++;
-    this.backoffMs = this.backoffMs === 0 ? minBackoffMs : Math.min(maxBackoffMs, this.backoffMs * 2);
+    const ceiling = Math.min(maxBackoffMs, maxProbeIntervalMs);
+    this.backoffMs = this.backoffMs === 0 ? Math.min(minBackoffMs, ceiling) : Math.min(ceiling, this.backoffMs * 2);
     this.resumeAt = this.now() + this.backoffMs;
     this.window = 1;
     metrics.postofficeUp.set(0);

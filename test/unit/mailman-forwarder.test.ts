@@ -64,7 +64,7 @@ async function setup(script: Script, messages: Array<string | { body: string; re
   const logger = pino({ level: 'info' }, { write: (line: string) => void logs.push(JSON.parse(line) as Record<string, unknown>) });
   const registry = new Registry();
   const metrics = createMailmanMetrics(registry, () => spool.depth());
-  const forwarder = new Forwarder({ spool, client, logger, metrics, minBackoffMs: 10, maxBackoffMs: 40, concurrency: 4, maxAttempts: 3, maxAgeMs: 3_600_000, ...options });
+  const forwarder = new Forwarder({ spool, client, logger, metrics, minBackoffMs: 10, maxBackoffMs: 40, maxProbeIntervalMs: 1_000, concurrency: 4, maxAttempts: 3, maxAgeMs: 3_600_000, ...options });
   const bodyOf = (m: MailmanSubmission) => m.data.toString();
   return { spool, ids, calls, logs, forwarder, registry, bodyOf, maxInFlight: () => maxInFlight, firstInFlight: () => firstInFlight };
 }
@@ -97,6 +97,14 @@ describe('forwarder: pacing', () => {
     const backoffs = t.logs.filter((l) => l.event === 'forward_backoff').map((l) => l.retryInMs);
     assert.deepEqual(backoffs, [10, 20, 40, 10], 'the refusal after a success starts again at minBackoffMs');
     assert.equal(t.calls.length, 8);
+  });
+
+  it('probes an unavailable post office at least every maxProbeIntervalMs, while one entry still backs off up to maxBackoffMs', async () => {
+    const t = await setup((_, call) => (call <= 4 ? REFUSED : ACCEPT), ['m0'], { concurrency: 1, maxBackoffMs: 1_000, maxProbeIntervalMs: 25 });
+    await t.forwarder.start();
+    await waitFor(async () => (await t.spool.depth()) === 0, { timeoutMs: 5_000, what: 'the spool to drain' });
+    await t.forwarder.stop();
+    assert.deepEqual(t.logs.filter((l) => l.event === 'forward_backoff').map((l) => l.retryInMs), [10, 20, 25, 25]);
   });
 
   it('starts with one forward at a time and lets one more run in parallel per success, up to concurrency', async () => {
