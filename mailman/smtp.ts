@@ -24,6 +24,10 @@ import { newSpoolId, type Spool } from './spool.ts';
  * mapping stays off (hideENHANCEDSTATUSCODES) because it derives the enhanced code from
  * the basic code alone (554 is always 5.6.0 there), which would both double and
  * contradict ours; smtp-server's own protocol errors then go out without one.
+ *
+ * Longer than 300 lines on purpose: one SMTP transaction's handlers (connect, MAIL, RCPT,
+ * DATA and the reply to each), which read one session's state in order; AUTH lives in
+ * smtp-auth-session.ts, the connection set-up in smtp-connection.ts.
  */
 export interface SmtpDependencies {
   config: MailmanConfig;
