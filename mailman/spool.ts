@@ -155,10 +155,15 @@ export class Spool {
     return decodeSpoolFile(await readFile(join(this.newDir, id)));
   }
 
+  /**
+   * Called once the post office accepted the message. No directory fsync: an unlink lost to a
+   * power cut only brings the entry back, and its resend carries the same idempotency key, so
+   * the post office answers it without queueing it again. The fsync cost as much as the rest of
+   * a forward from the spool (a 100,000 backlog drained at 0.53x the inline rate with it).
+   */
   async remove(id: string): Promise<void> {
     checkId(id);
     await unlink(join(this.newDir, id));
-    await fsyncDirectory(this.newDir);
   }
 
   /** Writes the reason first, so a crash in between leaves the message in new/ to be retried, never lost. */
