@@ -54,7 +54,7 @@ export const mailmanConfigSchema = z
       .object({
         minBackoffMs: positiveInt.default(1_000),
         maxBackoffMs: positiveInt.default(60_000),
-        maxProbeIntervalMs: positiveInt.default(5_000),
+        maxProbeIntervalMs: positiveInt.default(1_000),
         concurrency: positiveInt.default(16),
         // About four minutes of retries with the default backoff before a message the post office
         // keeps failing on (500, timeouts while others get through) goes to failed/.

@@ -14,7 +14,9 @@ export interface ForwarderOptions {
   /**
    * While the post office is unavailable the drain probes it at least this often, whatever
    * maxBackoffMs allows a single entry: a probe is one request, and a longer wait is a backlog
-   * left standing after the post office is back (55 s of a 165 s drain of 100,000 before).
+   * left standing after the post office is back. With beanstalkd down 1 s in every 5 and 500
+   * messages/s offered, a 5 s cap let the spool grow by ~75 a second; 1 s keeps it at about one
+   * second's mail.
    */
   maxProbeIntervalMs: number;
   /** The most forwards from the spool at once; the forwarder starts at one and grows to this while forwards succeed. */

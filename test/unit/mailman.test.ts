@@ -44,7 +44,7 @@ describe('mailman config', () => {
     assert.deepEqual(config.tls, {});
     assert.deepEqual(config.postoffice, { url: 'https://postoffice.example.test', fqdn: 'app.example.test', key: 'secret-key', timeoutMs: 10_000 });
     assert.deepEqual(config.spool, { dir: './data/spool' });
-    assert.deepEqual(config.forwarder, { minBackoffMs: 1_000, maxBackoffMs: 60_000, maxProbeIntervalMs: 5_000, concurrency: 16, maxAttempts: 10, maxAgeSeconds: 432_000 });
+    assert.deepEqual(config.forwarder, { minBackoffMs: 1_000, maxBackoffMs: 60_000, maxProbeIntervalMs: 1_000, concurrency: 16, maxAttempts: 10, maxAgeSeconds: 432_000 });
     assert.deepEqual(config.ops, { host: '127.0.0.1', port: 9102 });
     assert.ok(config.hostname.length > 0);
   });
