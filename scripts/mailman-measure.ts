@@ -9,13 +9,14 @@
  *            --sessions N (1000), --msmtp N (300)
  *   drain    a backlog of --backlog N (100000) messages sent to mailman over SMTP while the
  *            post office is down (all spooled), then the post office started: how fast the
- *            forwarder empties the spool from the moment the post office is ready, against the inline rate of --inline N (5000) messages sent
- *            over --clients C (16) kept SMTP connections. With --flap-seconds S the test first
+ *            forwarder empties the spool from the moment the post office is ready, against
+ *            the inline rate of --inline N (5000) messages sent over --clients C (16) kept
+ *            SMTP connections. With --flap-seconds S the test first
  *            kills beanstalkd every S seconds for --flap-for T seconds under load (--rate R
  *            messages/s in all, 0 for as fast as mailman answers) and reports the spool depth
  *            after each kill; --backlog 0 skips the backlog part. --forwarder-concurrency N
  *            sets mailman's forwarder.concurrency (else its default).
- * The README section "mailman: measured" quotes the figures this prints. The stack and the
+ * The README section "mailman alone: greeting, session, drain" quotes the figures this prints. The stack and the
  * clients it measures with: scripts/mailman-measure-stack.ts.
  */
 import { parseArgs } from 'node:util';
